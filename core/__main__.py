@@ -1,0 +1,4 @@
+"""``python -m zoo`` is the ``zoo`` command (also what torchrun runs)."""
+from .cli import main
+
+raise SystemExit(main())

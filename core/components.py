@@ -1,0 +1,154 @@
+"""The small protocol through which the core and the components meet.
+
+A component class is built as ``cls(dims, **params)`` where ``dims`` is a :class:`Dims` and
+``params`` were validated against the component's JSON Schema (defaults filled in).
+
+* attention: ``forward(x, posenc, pos, cache=None) -> y``; x, y: (B, T, C); pos: (T,) absolute
+  positions of the T tokens. Optional class methods: ``validate_spec(dims, params) -> [str]``
+  (cross-field problems, each a sentence with the fix), ``kv_cache_elems_per_token(dims, params)``
+  (cached numbers per token per layer), ``new_cache(dims, params, batch, max_len, device, dtype)``.
+* posenc: a :class:`PosEnc`: ``embed(x, pos)`` for absolute kinds, ``rotate(t, pos)`` for rotary
+  kinds (any even last-dimension size, so a partial or decoupled rope part works too),
+  ``bias(q_pos, k_pos)`` for additive kinds such as ALiBi. Its tags say its ``kind``.
+* ffn: ``forward(x) -> y``, (B, T, C) -> (B, T, C). It may set ``self.aux_loss`` (a scalar tensor)
+  during forward; the model adds it to the training loss.
+
+The encoding is passed to attention at call time rather than stored in every layer, so one
+instance serves all layers and every attention works with every encoding. Positions are a tensor,
+not an int offset, so that decoding with ``torch.compile`` does not recompile at every step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POSENC_KINDS = ("absolute", "rotary", "bias", "none")
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Model-wide sizes a component may need."""
+
+    d_model: int
+    n_heads: int
+    n_layers: int = 1
+    block_size: int = 64
+    vocab_size: int = 256
+    bias: bool = True
+    dropout: float = 0.0
+    layer: int = 0  # index of the block this component lives in
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PosEnc(nn.Module):
+    """Base class of positional encodings; every method defaults to 'does nothing'."""
+
+    def __init__(self, dims: Dims, **params):
+        super().__init__()
+        self.dims = dims
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
+        return x
+
+    def rotate(self, t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # t: (B, H, T, D)
+        return t
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor):  # -> (H, Tq, Tk) or None
+        return None
+
+    def max_positions(self):
+        """The number of positions this encoding can represent, or None if unbounded."""
+        return None
+
+
+class KVCache(nn.Module):
+    """A preallocated key/value cache for one attention layer (static shapes, compile-friendly).
+
+    Keys are stored after rotation, so a rotary encoding is applied once per token.
+    ``window`` makes it a ring buffer of that many slots for sliding-window attention.
+    """
+
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, device=None, dtype=None, v_dim=None):
+        super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("k", torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(batch, n_kv_heads, max_len, v_dim or head_dim, device=device, dtype=dtype), persistent=False)
+        # absolute position held by each slot; -1 marks an empty slot (masked out)
+        self.register_buffer("slot_pos", torch.full((max_len,), -1, device=device, dtype=torch.long), persistent=False)
+        self.max_len = max_len
+
+    def update(self, k, v, pos):
+        """Write k, v (B, Hkv, T, D) at absolute positions pos (T,); return all slots and positions."""
+        slots = pos % self.max_len  # ring buffer: equals pos while pos < max_len
+        if k.shape[2] > self.max_len:  # only the last max_len tokens of a long prefill are kept
+            k, v, pos, slots = k[:, :, -self.max_len:], v[:, :, -self.max_len:], pos[-self.max_len:], slots[-self.max_len:]
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
+        self.slot_pos.index_copy_(0, slots, pos)
+        return self.k, self.v, self.slot_pos
+
+
+def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, full_causal=False):
+    """Causal scaled-dot-product attention over absolute positions.
+
+    q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (grouped heads are expanded
+    by SDPA itself, no repeated copies). q_pos: (Tq,), k_pos: (Tk,) with -1 for empty cache slots.
+    bias: additive (H, Tq, Tk) or None. ``full_causal`` says k_pos == q_pos == arange(T), which lets
+    SDPA use its flash/causal kernel without a materialised mask.
+    """
+    gqa = q.shape[1] != k.shape[1]
+    if full_causal and bias is None and window is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # (Tq, Tk)
+    if window is not None:
+        allowed = allowed & (q_pos[:, None] - k_pos[None, :] < window)
+    if bias is None:
+        mask = allowed
+    else:
+        mask = bias.to(q.dtype).masked_fill(~allowed, float("-inf"))  # (H, Tq, Tk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+def init_residual_(linear: nn.Linear):
+    """Mark a projection that writes into the residual stream; the model scales its init by
+    1/sqrt(2 * n_layers) as GPT-2 does."""
+    linear.zoo_residual = True
+    return linear
+
+
+def norm_class(kind: str):
+    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[kind]
+
+
+def make_norm(kind: str, dim: int, bias: bool = True):
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-6)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def default_kv_elems_per_token(dims: Dims, n_kv_heads: int, head_dim: int | None = None) -> int:
+    """Keys and values for the kv heads: 2 x kv heads x head dim numbers per token per layer."""
+    return 2 * n_kv_heads * (head_dim or dims.head_dim)
+
+
+def sinusoid(pos: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal table for positions pos (T,) -> (T, dim) (Vaswani et al. 2017)."""
+    half = dim // 2
+    inv = torch.exp(-math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    ang = pos.to(torch.float32)[:, None] * inv[None, :]  # (T, dim/2)
+    out = torch.cat([ang.sin(), ang.cos()], dim=-1)  # (T, 2*half)
+    if dim % 2:
+        out = F.pad(out, (0, 1))
+    return out

@@ -1,0 +1,209 @@
+"""Plugin discovery: entry points of the group ``zoo`` loaded into a pluggy plugin manager.
+
+Every plugin, the zoo's own built-ins included, is a module named by an entry point. Loading
+isolates failures: a module that does not import, a hook that raises, a params schema that is not
+a valid JSON Schema or a name another plugin already registered is recorded as a problem of its
+distribution (one warning each) and everything else keeps working. ``ZOO_PLUGINS`` (comma-separated
+distribution names) restricts which third-party distributions load; the built-ins always load.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import pluggy
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from . import hookspecs
+from .errors import PluginError
+
+GROUP = "zoo"
+BUILTIN_DIST = "zoo"
+KINDS = ("attention", "posenc", "ffn")
+
+
+class PluginWarning(UserWarning):
+    """A plugin distribution failed to load or register; the rest of the zoo keeps working."""
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    cls: type
+    params_schema: dict
+    tags: dict
+    dist: str
+    version: str
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
+                "dist": self.dist, "version": self.version, "tags": self.tags}
+
+
+@dataclass
+class ModelSource:
+    entry: dict
+    dist: str
+    version: str
+    origin: str  # where the entry came from: a distribution or a manifest file
+
+
+@dataclass
+class Registry:
+    components: dict = field(default_factory=lambda: {k: {} for k in KINDS})
+    models: dict = field(default_factory=dict)  # name -> ModelSource
+    presets: dict = field(default_factory=dict)  # name -> ModelSource
+    problems: list = field(default_factory=list)  # (dist, reason)
+    dists: dict = field(default_factory=dict)  # dist name -> version, for every loaded distribution
+    default_preset: str = "char"
+
+    # ---- inspection -------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Component:
+        from .errors import ManifestError
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            raise ManifestError(unknown_name_message(kind, name, self.components.get(kind, {}))) from None
+
+    def list_components(self, kind: str | None = None):
+        kinds = [kind] if kind else KINDS
+        return [c for k in kinds for c in sorted(self.components[k].values(), key=lambda c: c.name)]
+
+    def list_models(self, pattern: str = "*"):
+        return sorted(n for n in self.models if fnmatch.fnmatch(n, pattern))
+
+    def warn_problems(self, strict: bool = False):
+        if strict and self.problems:
+            raise PluginError("plugin problems (--strict):\n" + "\n".join(
+                f"  {d}: {r}" for d, r in self.problems))
+        by_dist = {}
+        for d, r in self.problems:
+            by_dist.setdefault(d, []).append(r)
+        for d, reasons in by_dist.items():
+            warnings.warn(f"plugin distribution {d!r} failed and was skipped: {'; '.join(reasons)}",
+                          PluginWarning, stacklevel=2)
+
+
+def unknown_name_message(kind, name, known) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unknown {kind} {name!r}.{hint} Registered {kind} components: "
+            f"{', '.join(sorted(known)) or '(none)'}. Install the plugin that provides it, or "
+            f"check `zoo plugins`.")
+
+
+def _allowlist():
+    raw = os.environ.get("ZOO_PLUGINS")
+    if raw is None:
+        return None
+    return {n.strip().lower().replace("_", "-") for n in raw.split(",") if n.strip()}
+
+
+def _norm(dist: str) -> str:
+    return dist.lower().replace("_", "-")
+
+
+def _entry_points():
+    eps = list(md.entry_points(group=GROUP))
+    # built-ins first, so that a clash is blamed on the newcomer
+    return sorted(eps, key=lambda ep: (_norm(ep.dist.name) != BUILTIN_DIST if ep.dist else True,
+                                       ep.dist.name if ep.dist else "", ep.name))
+
+
+def load_registry(extra_plugins=(), use_entry_points=True) -> Registry:
+    """Discover plugins and collect what they register.
+
+    ``extra_plugins``: (module_or_object, dist_name) pairs registered after the entry points,
+    e.g. by tests or an application embedding the zoo.
+    """
+    reg = Registry()
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    plugin_dist = {}  # plugin name in pm -> (dist, version)
+    allow = _allowlist()
+
+    sources = []
+    if use_entry_points:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist else "<unknown>"
+            version = ep.dist.version if ep.dist else "0"
+            if allow is not None and _norm(dist) != BUILTIN_DIST and _norm(dist) not in allow:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as e:  # a broken plugin must not take the zoo down
+                reg.problems.append((dist, f"cannot import {ep.value!r}: {type(e).__name__}: {e}"))
+                continue
+            sources.append((obj, f"{dist}:{ep.name}", dist, version))
+    for i, (obj, dist) in enumerate(extra_plugins):
+        sources.append((obj, f"{dist}:extra{i}", dist, "0"))
+
+    for obj, pname, dist, version in sources:
+        try:
+            pm.register(obj, name=pname)
+        except Exception as e:
+            reg.problems.append((dist, f"invalid hook implementation in {pname}: {e}"))
+            continue
+        plugin_dist[pname] = (dist, version)
+        reg.dists.setdefault(dist, version)
+
+    for kind in KINDS:
+        _collect(reg, pm, f"register_{kind}", plugin_dist, lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
+    _collect(reg, pm, "register_models", plugin_dist, lambda *a, **kw: _add_model(reg, *a, **kw))
+    return reg
+
+
+def _collect(reg, pm, hookname, plugin_dist, add):
+    hook = getattr(pm.hook, hookname)
+    # get_hookimpls() is in registration order (pluggy calls them in reverse); built-ins come first
+    for impl in hook.get_hookimpls():
+        dist, version = plugin_dist.get(impl.plugin_name, ("<unknown>", "0"))
+        staged = []
+
+        def register(*args, **kwargs):
+            staged.append((args, kwargs))
+
+        try:
+            impl.function(register=register)
+        except Exception as e:
+            reg.problems.append((dist, f"hook {hookname} in {impl.plugin_name} raised {type(e).__name__}: {e}"))
+            continue
+        for args, kwargs in staged:
+            try:
+                add(*args, dist=dist, version=version, **kwargs)
+            except Exception as e:
+                reg.problems.append((dist, f"{hookname}: {e}"))
+
+
+def _add_component(reg, kind, name, cls, params_schema=None, tags=None, *, dist, version):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"component name must be a non-empty string, got {name!r}")
+    params_schema = params_schema if params_schema is not None else {"type": "object"}
+    try:
+        Draft202012Validator.check_schema(params_schema)
+    except SchemaError as e:
+        raise ValueError(f"{kind} {name!r} has an invalid params schema: {e.message}") from None
+    if params_schema.get("type") != "object":
+        raise ValueError(f"{kind} {name!r}: params schema must have type 'object'")
+    if not callable(cls):
+        raise ValueError(f"{kind} {name!r}: {cls!r} is not a class")
+    if name in reg.components[kind]:
+        other = reg.components[kind][name]
+        raise ValueError(f"{kind} name {name!r} is already registered by {other.dist!r}")
+    reg.components[kind][name] = Component(kind, name, cls, params_schema, dict(tags or {}), dist, version)
+
+
+def _add_model(reg, name, entry, *, preset=False, dist, version, origin=None):
+    from .manifest import check_entry
+    table = reg.presets if preset else reg.models
+    what = "preset" if preset else "model"
+    if name in table:
+        raise ValueError(f"{what} name {name!r} is already registered by {table[name].origin!r}")
+    check_entry(entry, what, name, origin or dist)
+    table[name] = ModelSource(entry, dist, version, origin or f"{dist} {version}")

@@ -1,0 +1,34 @@
+"""SwiGLU feed-forward (Shazeer 2020, "GLU Variants Improve Transformer", arXiv:2002.05202), as in
+Llama: down(silu(gate(x)) * up(x)). The default hidden width, 8/3 x d_model rounded up to a
+multiple of 64, keeps the parameter count of a 4x GELU MLP."""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.components import init_residual_
+from zoo.hookspecs import hookimpl
+
+PARAMS = {"type": "object", "additionalProperties": False,
+          "properties": {
+              "hidden": {"type": "integer", "minimum": 1,
+                         "description": "hidden width; default 8/3 x d_model rounded up to multiple_of"},
+              "multiple_of": {"type": "integer", "minimum": 1, "default": 64}}}
+TAGS = {"token_wise": True}
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dims, hidden=None, multiple_of=64):
+        super().__init__()
+        if hidden is None:
+            hidden = -(-int(8 * dims.d_model / 3) // multiple_of) * multiple_of
+        self.gate_up = nn.Linear(dims.d_model, 2 * hidden, bias=dims.bias)
+        self.down = init_residual_(nn.Linear(hidden, dims.d_model, bias=dims.bias))
+        self.drop = nn.Dropout(dims.dropout)
+
+    def forward(self, x):  # (B, T, C)
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, H) each
+        return self.drop(self.down(F.silu(gate) * up))  # (B, T, C)
+
+
+@hookimpl
+def register_ffn(register):
+    register("swiglu", SwiGLU, PARAMS, TAGS)
