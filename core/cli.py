@@ -198,16 +198,27 @@ def build_parser():
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_check)
+
+    # Commands that live in their own core module: each exposes add_cli(subparsers) and keeps its
+    # heavy imports (torch) inside the command functions so that `zoo --help` stays fast.
+    import importlib
+    for mod in COMMAND_MODULES:
+        try:
+            m = importlib.import_module(f"zoo.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"zoo.{mod}":
+                raise
+            continue
+        if hasattr(m, "add_cli"):
+            m.add_cli(sub)
     return p
 
 
-EXTRA_COMMANDS = []  # (name, add_parser_fn) from other core modules (train, generate, ...)
+COMMAND_MODULES = ["train", "data", "tokenizers", "compare", "generate", "bench", "scaffold", "hf"]
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    for add in EXTRA_COMMANDS:
-        add(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):
         parser.print_help()
