@@ -19,6 +19,7 @@ tiny sizes, in float32 on the CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import traceback
 from dataclasses import dataclass
 
@@ -99,9 +100,11 @@ def tiny_model(reg, attention, posenc, ffn, dims=DIMS, seed=0):
             "tie_weights": True, "n_layers": dims.n_layers, "n_heads": dims.n_heads,
             "d_model": dims.d_model, "block_size": dims.block_size, "vocab_size": dims.vocab_size,
             "dropout": 0.0}
+    view = dataclasses.replace(reg, components={k: dict(v) for k, v in reg.components.items()})
     for kind, c in (("attention", attention), ("posenc", posenc), ("ffn", ffn)):
         spec[kind] = {"name": c.name, "params": component_params(c, dims)}
-    problems = cross_field_problems(reg, spec)
+        view.components[kind][c.name] = c  # the component under test need not be registered
+    problems = cross_field_problems(view, spec)
     if problems:
         raise AssertionError(" ".join(problems))
     torch.manual_seed(seed)
