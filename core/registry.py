@@ -5,12 +5,19 @@ isolates failures: a module that does not import, a hook that raises, a params s
 a valid JSON Schema or a name another plugin already registered is recorded as a problem of its
 distribution (one warning each) and everything else keeps working. ``ZOO_PLUGINS`` (comma-separated
 distribution names) restricts which third-party distributions load; the built-ins always load.
+
+Versioned API: a plugin module (or the package it lives in) may say which plugin API it was built
+for with a module-level ``ZOO_API = "1.0"``; none means "1.0", the first API. A plugin loads when
+its major version equals ``zoo.PLUGIN_API_VERSION``'s and its minor is not newer; otherwise it is
+refused like any other broken plugin (a warning naming the distribution, an error with --strict).
 """
 from __future__ import annotations
 
 import fnmatch
 import importlib.metadata as md
 import os
+import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -60,6 +67,7 @@ class Registry:
     presets: dict = field(default_factory=dict)  # name -> ModelSource
     problems: list = field(default_factory=list)  # (dist, reason)
     dists: dict = field(default_factory=dict)  # dist name -> version, for every loaded distribution
+    api_versions: dict = field(default_factory=dict)  # dist name -> the plugin API it declares
     default_preset: str = "char"
 
     # ---- inspection -------------------------------------------------------------------------
@@ -102,11 +110,42 @@ def _allowlist():
     raw = os.environ.get("ZOO_PLUGINS")
     if raw is None:
         return None
-    return {n.strip().lower().replace("_", "-") for n in raw.split(",") if n.strip()}
+    return {_norm(n) for n in raw.split(",") if n.strip()}
 
 
 def _norm(dist: str) -> str:
-    return dist.lower().replace("_", "-")
+    """A distribution name normalised as pip does (PEP 503): ``Zoo_ReLU2`` -> ``zoo-relu2``."""
+    return re.sub(r"[-_.]+", "-", dist.strip()).lower()
+
+
+DEFAULT_PLUGIN_API = "1.0"  # what a plugin that declares no ZOO_API is taken to be built for
+
+
+def declared_api(obj) -> str:
+    """The ``ZOO_API`` a plugin declares: on the module itself, else on the nearest package above it."""
+    api = getattr(obj, "ZOO_API", None)
+    name = getattr(obj, "__name__", None)
+    while api is None and isinstance(name, str) and "." in name:
+        name = name.rsplit(".", 1)[0]
+        api = getattr(sys.modules.get(name), "ZOO_API", None)
+    return DEFAULT_PLUGIN_API if api is None else str(api)
+
+
+def api_problem(declared: str, where: str, dist: str):
+    """None if a plugin built for API ``declared`` runs on this zoo, else the reason it does not."""
+    from . import PLUGIN_API_VERSION
+    ours = tuple(int(x) for x in PLUGIN_API_VERSION.split("."))
+    m = re.fullmatch(r"(\d+)(?:\.(\d+))?", declared.strip())
+    if m is None:
+        return (f"{where} declares ZOO_API = {declared!r}, which is not a version; write e.g. "
+                f"ZOO_API = \"{PLUGIN_API_VERSION}\"")
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    if major == ours[0] and minor <= ours[1]:
+        return None
+    fix = (f"upgrade the zoo to one that provides plugin API {major}.{minor}" if (major, minor) > ours
+           else f"install a release of {dist} built for plugin API {ours[0]}.x")
+    return (f"{where} was built for zoo plugin API {declared}, but this zoo provides API "
+            f"{PLUGIN_API_VERSION}; {fix}")
 
 
 def _entry_points():
@@ -137,14 +176,26 @@ def load_registry(extra_plugins=(), use_entry_points=True) -> Registry:
                 continue
             try:
                 obj = ep.load()
-            except Exception as e:  # a broken plugin must not take the zoo down
+            except (Exception, SystemExit) as e:  # a broken plugin must not take the zoo down
                 reg.problems.append((dist, f"cannot import {ep.value!r}: {type(e).__name__}: {e}"))
                 continue
             sources.append((obj, f"{dist}:{ep.name}", dist, version))
+        if allow is not None:
+            found = {_norm(ep.dist.name) for ep in md.entry_points(group=GROUP) if ep.dist}
+            for name in sorted(allow - found - {BUILTIN_DIST}):
+                reg.problems.append((name, f"ZOO_PLUGINS names {name!r}, but no installed distribution with "
+                                           f"that name has entry points in the group {GROUP!r}; check the "
+                                           f"spelling, or pip install it"))
     for i, (obj, dist) in enumerate(extra_plugins):
         sources.append((obj, f"{dist}:extra{i}", dist, "0"))
 
     for obj, pname, dist, version in sources:
+        api = declared_api(obj)
+        why = api_problem(api, f"plugin {pname}", dist)
+        if why:
+            reg.problems.append((dist, why))
+            continue
+        reg.api_versions.setdefault(dist, api)
         try:
             pm.register(obj, name=pname)
         except Exception as e:
@@ -201,6 +252,15 @@ def _add_component(reg, kind, name, cls, params_schema=None, tags=None, *, dist,
 
 def _add_model(reg, name, entry, *, preset=False, dist, version, origin=None):
     from .manifest import check_entry
+    if name is None:  # register(None, manifest): a whole zoo.json-style manifest
+        from .manifest import _schema_error, _validator
+        _schema_error(_validator(None), entry, f"manifest registered by {origin or dist}", "",
+                      "Fix it; see core/schema/manifest.schema.json for the allowed keys.")
+        for n, e in entry.get("presets", {}).items():
+            _add_model(reg, n, e, preset=True, dist=dist, version=version, origin=origin)
+        for n, e in entry.get("models", {}).items():
+            _add_model(reg, n, e, dist=dist, version=version, origin=origin)
+        return
     table = reg.presets if preset else reg.models
     what = "preset" if preset else "model"
     if name in table:
