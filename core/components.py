@@ -6,7 +6,8 @@ A component class is built as ``cls(dims, **params)`` where ``dims`` is a :class
 * attention: ``forward(x, posenc, pos, cache=None) -> y``; x, y: (B, T, C); pos: (T,) absolute
   positions of the T tokens. Optional class methods: ``validate_spec(dims, params) -> [str]``
   (cross-field problems, each a sentence with the fix), ``kv_cache_elems_per_token(dims, params)``
-  (cached numbers per token per layer), ``new_cache(dims, params, batch, max_len, device, dtype)``.
+  (cached numbers per token per layer); instance method ``new_cache(batch, max_len, device=None,
+  dtype=None)`` returning a layer cache with the :class:`KVCache` interface.
 * posenc: a :class:`PosEnc`: ``embed(x, pos)`` for absolute kinds, ``rotate(t, pos)`` for rotary
   kinds (any even last-dimension size, so a partial or decoupled rope part works too),
   ``bias(q_pos, k_pos)`` for additive kinds such as ALiBi. Its tags say its ``kind``.
@@ -74,8 +75,18 @@ class PosEnc(nn.Module):
 class KVCache(nn.Module):
     """A preallocated key/value cache for one attention layer (static shapes, compile-friendly).
 
-    Keys are stored after rotation, so a rotary encoding is applied once per token.
-    ``window`` makes it a ring buffer of that many slots for sliding-window attention.
+    The small interface the core relies on, which an attention's own cache class (e.g. one that
+    keeps a compressed latent) offers too: built by the attention's
+    ``new_cache(batch, max_len, device=None, dtype=None)``; ``update(k, v, pos)`` writes the
+    entries of absolute positions ``pos`` and returns everything the layer should attend to, with
+    the position held by each slot (-1: empty); ``prefill`` starts a new sequence with a prompt,
+    ``append`` adds decoded tokens, ``read`` returns the contents without writing, ``reset``
+    empties it. Keys are stored after rotation, so a rotary encoding is applied once per token.
+
+    Position p lives in slot ``p % max_len``: past ``max_len`` the cache is a ring buffer holding
+    the last ``max_len`` positions, i.e. sliding-window attention of width ``max_len``. A write is
+    exact when every query still finds all its keys: T == 1 (decoding), or all positions < max_len.
+    Shapes never change, so a decode step can be compiled once and captured in a CUDA graph.
     """
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device=None, dtype=None, v_dim=None):
@@ -96,6 +107,27 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, slots, v.to(self.v.dtype))
         self.slot_pos.index_copy_(0, slots, pos)
         return self.k, self.v, self.slot_pos
+
+    def prefill(self, k, v, pos):
+        """Start a new sequence: empty the cache, then write the prompt's entries."""
+        self.reset()
+        return self.update(k, v, pos)
+
+    def append(self, k, v, pos):
+        """Add the entries of newly decoded tokens (the same write as ``update``)."""
+        return self.update(k, v, pos)
+
+    def read(self):
+        """(k (B, Hkv, S, D), v (B, Hkv, S, Dv), slot_pos (S,)) without writing."""
+        return self.k, self.v, self.slot_pos
+
+    def reset(self):
+        self.slot_pos.fill_(-1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for keys and values (the figure ``zoo show`` reports per token, times max_len)."""
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
 def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, full_causal=False):

@@ -89,12 +89,15 @@ class Transformer(nn.Module):
         if pos is None:
             start = cache.length if cache is not None else 0
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            end = start + T
+        else:
+            end = pos[-1] + 1  # a 0-d tensor: no host sync, so a compiled decode step has no graph break
         x = self.wte(idx)  # (B, T, C)
         x = self.drop(self.posenc.embed(x, pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, self.posenc, pos, cache.layers[i] if cache is not None else None)  # (B, T, C)
         if cache is not None:
-            cache.length = int(pos[-1]) + 1
+            cache.length = end
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
@@ -115,8 +118,25 @@ class Transformer(nn.Module):
 
 
 class ModelCache:
-    """The per-layer caches of one generation, and how many positions they hold."""
+    """The per-layer caches of one generation, and the next position to write (``length``: the
+    number of positions seen, including any that a ring buffer has since dropped)."""
 
     def __init__(self, layers):
         self.layers = layers
-        self.length = 0
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        n = self._length
+        return n if isinstance(n, int) else int(n)  # a tensor when the last forward was given pos
+
+    @length.setter
+    def length(self, n):
+        self._length = n
+
+    def reset(self):
+        """Forget every cached position, keeping the preallocated buffers (reuse for a new prompt)."""
+        for layer in self.layers:
+            if hasattr(layer, "reset"):
+                layer.reset()
+        self._length = 0
