@@ -130,17 +130,25 @@ class KVCache(nn.Module):
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
-def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, full_causal=False):
+def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, full_causal=False,
+                backend="auto"):
     """Causal scaled-dot-product attention over absolute positions.
 
     q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (grouped heads are expanded
     by SDPA itself, no repeated copies). q_pos: (Tq,), k_pos: (Tk,) with -1 for empty cache slots.
-    bias: additive (H, Tq, Tk) or None. ``full_causal`` says k_pos == q_pos == arange(T), which lets
-    SDPA use its flash/causal kernel without a materialised mask.
+    bias: additive (H, Tq, Tk) or None. ``window``: attend only to the last ``window`` positions
+    (sliding-window attention). ``full_causal`` says k_pos == q_pos == arange(T), which lets SDPA
+    use its flash/causal kernel without a materialised mask. ``backend``: "auto" sends masks and
+    biases that the flash kernel cannot take (windows, ALiBi) through FlexAttention on CUDA when
+    the torch version has it (training and prefill, not dropout); "flex" forces it (any device,
+    eager on the CPU: for tests); "sdpa" forces an explicit mask.
     """
     gqa = q.shape[1] != k.shape[1]
     if full_causal and bias is None and window is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    if backend == "flex" or (backend == "auto" and q.is_cuda and q.shape[2] > 1 and dropout_p == 0.0
+                             and flex_attention_fn() is not None):
+        return flex_causal_attention(q, k, v, q_pos, k_pos, bias=bias, window=window)
     allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # (Tq, Tk)
     if window is not None:
         allowed = allowed & (q_pos[:, None] - k_pos[None, :] < window)
@@ -149,6 +157,47 @@ def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, fu
     else:
         mask = bias.to(q.dtype).masked_fill(~allowed, float("-inf"))  # (H, Tq, Tk)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+# ---- FlexAttention path (sliding windows, ALiBi) --------------------------------------------------
+_FLEX = {}
+
+
+def flex_attention_fn(compiled=True):
+    """torch's flex_attention (compiled on CUDA), or None where this torch version lacks it."""
+    key = "compiled" if compiled else "eager"
+    if key not in _FLEX:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+            _FLEX[key] = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+        except Exception:  # older torch, or no compiler on this platform
+            _FLEX[key] = None
+    return _FLEX[key]
+
+
+def flex_causal_attention(q, k, v, q_pos, k_pos, bias=None, window=None):
+    """The same attention as :func:`causal_sdpa`'s masked path through FlexAttention: the causal /
+    window / empty-slot rule as a block mask (whole blocks outside the window are skipped) and an
+    additive bias as a score modification. q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, Dv)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    fn = flex_attention_fn(compiled=q.is_cuda)
+    if fn is None:
+        raise RuntimeError("flex_attention is not available in this torch version")
+
+    def mask_mod(b, h, qi, ki):
+        ok = (k_pos[ki] <= q_pos[qi]) & (k_pos[ki] >= 0)
+        if window is not None:
+            ok = ok & (q_pos[qi] - k_pos[ki] < window)
+        return ok
+
+    block_mask = create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device)
+    score_mod = None
+    if bias is not None:
+        bias_ = bias.to(torch.float32)  # (H, Tq, Tk)
+
+        def score_mod(score, b, h, qi, ki):
+            return score + bias_[h, qi, ki]
+    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def init_residual_(linear: nn.Linear):

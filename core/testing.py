@@ -314,6 +314,35 @@ def check_kv_cache_matches_full(component):
                 raise AssertionError(f"with {p.kind} {p.name!r}: {e}") from None
 
 
+# ---- sliding windows (tag "sliding_window": the name of the window param) ----------------------
+
+def _windowed(comp, window):
+    """The component with its window param set, as an unregistered Component."""
+    param = comp.tags["sliding_window"]
+    tags = dict(comp.tags, example_params=dict(comp.tags.get("example_params", {}), **{param: window}))
+    return dataclasses.replace(comp, tags=tags)
+
+
+@_check(kinds=("attention",), applies=lambda tags: bool(tags.get("sliding_window")))
+def check_sliding_window_cache_matches_full(component):
+    """With a window shorter than the context, the window is honoured (a token's logits do not
+    depend on tokens further back than the layers' windows reach) and prefill plus decoding past
+    the window, through the cache's ring buffer, equals the full masked forward (float32)."""
+    window = 5
+    comp = _windowed(component, window)
+    m = model_for(comp)
+    idx = torch.randint(0, DIMS.vocab_size, (B, DIMS.block_size), generator=torch.Generator().manual_seed(8))
+    idx2 = idx.clone()
+    idx2[:, 0] = (idx2[:, 0] + 1) % DIMS.vocab_size
+    reach = DIMS.n_layers * (window - 1) + 1  # first position that token 0 cannot reach
+    with torch.no_grad():
+        a, b = m(idx)[0], m(idx2)[0]
+    _close(a[:, reach:], b[:, reach:], f"logits at positions >= {reach} after changing token 0 (window {window})")
+    assert (a[:, 1:reach] - b[:, 1:reach]).abs().max() > 0, "changing token 0 changed no later logits"
+    for prompt_len in (1, window - 1, window + 2, DIMS.block_size):
+        _cache_matches_full(m, prompt_len, DIMS.block_size)
+
+
 # ---- running ----------------------------------------------------------------------------------
 
 def checks_for(component):

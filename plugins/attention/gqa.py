@@ -6,7 +6,13 @@ Vaswani et al. 2017, arXiv:1706.03762) and ``n_kv_heads == 1`` is multi-query at
 (``mqa``, Shazeer 2019, arXiv:1911.02150). Optional QK-norm (Dehghani et al. 2023,
 arXiv:2302.05442) normalises queries and keys per head before the dot product. Runs through
 ``torch.nn.functional.scaled_dot_product_attention`` with causal masking.
+
+``window`` gives sliding-window attention (Beltagy et al. 2020, arXiv:2004.05150; Mistral 7B,
+Jiang et al. 2023, arXiv:2310.06825): each token attends to itself and the ``window - 1`` tokens
+before it, in training through the mask and in decoding through a ring-buffer cache of ``window``
+slots. On CUDA the windowed mask goes through FlexAttention where torch has it.
 """
+import torch
 import torch.nn as nn
 from einops import rearrange
 
@@ -14,7 +20,7 @@ from zoo.components import KVCache, causal_sdpa, default_kv_elems_per_token, ini
 from zoo.hookspecs import hookimpl
 
 ALL_POSENC = ["absolute", "rotary", "bias", "none"]
-TAGS = {"kv_cache": True, "causal": True, "posenc": ALL_POSENC}
+TAGS = {"kv_cache": True, "causal": True, "posenc": ALL_POSENC, "sliding_window": "window"}
 
 
 def _params(kv_default):
@@ -23,6 +29,9 @@ def _params(kv_default):
                        "description": "number of key/value heads; must divide n_heads"},
         "qk_norm": {"type": "boolean", "default": False,
                     "description": "RMS-normalise queries and keys per head"},
+        "window": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                   "description": "sliding-window size: attend to the last `window` positions "
+                                  "(this one included); null attends to the whole context"},
     }
     if kv_default is not None:
         props["n_kv_heads"]["default"] = kv_default
@@ -31,15 +40,17 @@ def _params(kv_default):
 
 GQA_PARAMS = _params(None)  # n_kv_heads defaults to a divisor of n_heads near n_heads / 4
 MHA_PARAMS = {"type": "object", "additionalProperties": False,
-              "properties": {"qk_norm": GQA_PARAMS["properties"]["qk_norm"]}}
+              "properties": {"qk_norm": GQA_PARAMS["properties"]["qk_norm"],
+                             "window": GQA_PARAMS["properties"]["window"]}}
 MQA_PARAMS = MHA_PARAMS
 
 
 class GroupedQueryAttention(nn.Module):
     """Causal self-attention with ``n_kv_heads`` key/value heads shared by groups of query heads."""
 
-    def __init__(self, dims, n_kv_heads=None, qk_norm=False):
+    def __init__(self, dims, n_kv_heads=None, qk_norm=False, window=None):
         super().__init__()
+        self.window = window
         self.n_heads = dims.n_heads
         self.n_kv_heads = self.kv_heads(dims, {"n_kv_heads": n_kv_heads})
         self.head_dim = dims.head_dim
@@ -71,6 +82,8 @@ class GroupedQueryAttention(nn.Module):
         return default_kv_elems_per_token(dims, cls.kv_heads(dims, params))
 
     def new_cache(self, batch, max_len, device=None, dtype=None):
+        if self.window is not None:  # a ring buffer: a window's worth of slots is all decoding needs
+            max_len = min(max_len, self.window)
         return KVCache(batch, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)
 
     def forward(self, x, posenc, pos, cache=None):
@@ -83,9 +96,17 @@ class GroupedQueryAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = posenc.rotate(q, pos), posenc.rotate(k, pos)
         k_pos = pos
-        if cache is not None:
+        if cache is not None and self.window is not None and x.shape[1] > 1:
+            # several new tokens and a ring buffer: writing them first could overwrite keys the
+            # earlier of them still see, so attend over the old slots plus the new keys
+            old_k, old_v, old_pos = cache.k.clone(), cache.v.clone(), cache.slot_pos.clone()
+            cache.update(k, v, pos)
+            k = torch.cat([old_k, k], dim=2)  # (B, Hkv, S + T, D)
+            v = torch.cat([old_v, v], dim=2)  # (B, Hkv, S + T, D)
+            k_pos = torch.cat([old_pos, pos])  # (S + T,)
+        elif cache is not None:
             k, v, k_pos = cache.update(k, v, pos)  # (B, Hkv, S, D), (S,)
-        y = causal_sdpa(q, k, v, pos, k_pos, bias=posenc.bias(pos, k_pos),
+        y = causal_sdpa(q, k, v, pos, k_pos, bias=posenc.bias(pos, k_pos), window=self.window,
                         dropout_p=self.dropout if self.training else 0.0,
                         full_causal=cache is None)  # (B, H, T, D)
         return self.proj(rearrange(y, "b h t d -> b t (h d)"))  # (B, T, C)
@@ -94,8 +115,8 @@ class GroupedQueryAttention(nn.Module):
 class MultiHeadAttention(GroupedQueryAttention):
     """Multi-head attention: grouped attention with one kv head per query head."""
 
-    def __init__(self, dims, qk_norm=False):
-        super().__init__(dims, n_kv_heads=dims.n_heads, qk_norm=qk_norm)
+    def __init__(self, dims, qk_norm=False, window=None):
+        super().__init__(dims, n_kv_heads=dims.n_heads, qk_norm=qk_norm, window=window)
 
     @staticmethod
     def kv_heads(dims, params):
@@ -105,8 +126,8 @@ class MultiHeadAttention(GroupedQueryAttention):
 class MultiQueryAttention(GroupedQueryAttention):
     """Multi-query attention: grouped attention with a single kv head."""
 
-    def __init__(self, dims, qk_norm=False):
-        super().__init__(dims, n_kv_heads=1, qk_norm=qk_norm)
+    def __init__(self, dims, qk_norm=False, window=None):
+        super().__init__(dims, n_kv_heads=1, qk_norm=qk_norm, window=window)
 
     @staticmethod
     def kv_heads(dims, params):
