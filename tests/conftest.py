@@ -33,3 +33,52 @@ def fresh_registry():
 def needs_data():
     return pytest.mark.skipif(not (Path(os.environ.get("ZOO_DATA_DIR", "/nonexistent")) / "tinyshakespeare.txt").is_file(),
                               reason="Tiny Shakespeare not available: set ZOO_DATA_DIR to a folder holding tinyshakespeare.txt")
+
+
+class PluginVenv:
+    """A virtual environment for installing plugin packages with pip, as a user would.
+
+    It is made with ``--system-site-packages`` so that it sees this interpreter's zoo and torch
+    (installing those again would take minutes), while what a test installs lands in the venv's
+    own site-packages and is invisible to this interpreter: a package is discovered there only
+    through its installed metadata. pip is this interpreter's, run as ``venv/bin/python -m pip``.
+    """
+
+    def __init__(self, path: Path):
+        import subprocess
+        import sys
+        self.path = path
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)],
+                       check=True, capture_output=True)
+        self.python = path / "bin" / "python"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZOO_PLUGINS", "ZOO_MANIFEST")}
+        self.env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONDONTWRITEBYTECODE="1")
+
+    def run(self, *args, cwd=None, env=None):
+        import subprocess
+        return subprocess.run([str(self.python), *map(str, args)], capture_output=True, text=True,
+                              cwd=cwd or self.path, env={**self.env, **(env or {})})
+
+    def zoo(self, *args, **kw):
+        return self.run("-m", "zoo", *args, **kw)
+
+    def pip_install(self, src: Path):
+        """``pip install`` a package folder (from a copy: pip builds in the source tree)."""
+        import shutil
+        import tempfile
+        copy = Path(tempfile.mkdtemp(dir=self.path.parent)) / Path(src).name
+        shutil.copytree(src, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        p = self.run("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", copy)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return copy
+
+    def pip_uninstall(self, dist: str):
+        p = self.run("-m", "pip", "uninstall", "-y", "-q", dist)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.fixture(scope="session")
+def plugin_venv(tmp_path_factory):
+    """One venv per test session for the tests that pip-install plugin packages; each test module
+    uninstalls what it installed."""
+    return PluginVenv(tmp_path_factory.mktemp("plugin-venv") / "venv")
