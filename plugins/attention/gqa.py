@@ -81,6 +81,13 @@ class GroupedQueryAttention(nn.Module):
     def kv_cache_elems_per_token(cls, dims, params):
         return default_kv_elems_per_token(dims, cls.kv_heads(dims, params))
 
+    def flops_per_token(self, seq_len):
+        """Forward FLOPs per token: the projections, plus QK^T and AV over the keys a query sees
+        (counted over the whole context, nanoGPT's convention, or the window)."""
+        keys = min(seq_len, self.window) if self.window is not None else seq_len
+        proj = sum(m.weight.numel() for m in (self.qkv, self.proj))
+        return 2 * proj + 4 * keys * self.n_heads * self.head_dim
+
     def new_cache(self, batch, max_len, device=None, dtype=None):
         if self.window is not None:  # a ring buffer: a window's worth of slots is all decoding needs
             max_len = min(max_len, self.window)

@@ -24,6 +24,10 @@ class MLP(nn.Module):
         self.approximate = approximate
         self.drop = nn.Dropout(dims.dropout)
 
+    def flops_per_token(self, seq_len):
+        """Forward FLOPs per token: 2 per weight of the two (three) matmuls."""
+        return 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
     def forward(self, x):  # (B, T, C)
         return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))  # (B, T, C)
 

@@ -24,6 +24,10 @@ class SwiGLU(nn.Module):
         self.down = init_residual_(nn.Linear(hidden, dims.d_model, bias=dims.bias))
         self.drop = nn.Dropout(dims.dropout)
 
+    def flops_per_token(self, seq_len):
+        """Forward FLOPs per token: 2 per weight of the two (three) matmuls."""
+        return 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
     def forward(self, x):  # (B, T, C)
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, H) each
         return self.drop(self.down(F.silu(gate) * up))  # (B, T, C)
