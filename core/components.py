@@ -211,11 +211,12 @@ def norm_class(kind: str):
     return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[kind]
 
 
-def make_norm(kind: str, dim: int, bias: bool = True):
+def make_norm(kind: str, dim: int, bias: bool = True, eps: float | None = None):
+    """A LayerNorm (eps 1e-5 unless given) or RMSNorm (eps 1e-6 unless given)."""
     if kind == "layernorm":
-        return nn.LayerNorm(dim, bias=bias)
+        return nn.LayerNorm(dim, bias=bias, eps=1e-5 if eps is None else eps)
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-6)
+        return nn.RMSNorm(dim, eps=1e-6 if eps is None else eps)
     raise ValueError(f"unknown norm {kind!r}")
 
 

@@ -21,9 +21,9 @@ class Block(nn.Module):
     def __init__(self, spec, attention_cls, ffn_cls, layer):
         super().__init__()
         dims = dims_of(spec, layer)
-        self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"])
+        self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.attn = attention_cls(dims, **spec["attention"]["params"])
-        self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"])
+        self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.ffn = ffn_cls(dims, **spec["ffn"]["params"])
 
     def forward(self, x, posenc, pos, cache=None):  # x: (B, T, C)
@@ -42,7 +42,7 @@ class Transformer(nn.Module):
         self.posenc = posenc_cls(dims, **spec["posenc"]["params"])
         self.drop = nn.Dropout(spec["dropout"])
         self.blocks = nn.ModuleList(Block(spec, attention_cls, ffn_cls, i) for i in range(spec["n_layers"]))
-        self.norm_f = make_norm(spec["norm"], spec["d_model"], spec["bias"])
+        self.norm_f = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.lm_head = nn.Linear(spec["d_model"], spec["vocab_size"], bias=False)
         if spec["tie_weights"]:
             self.lm_head.weight = self.wte.weight
