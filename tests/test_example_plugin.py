@@ -1,0 +1,119 @@
+"""The example third-party package, examples/zoo-relu2, pip-installed into a virtual environment
+beside the zoo: the zoo discovers it with nothing but ``pip install``, runs the conformance kit on
+it, builds its named model and records it in checkpoints; after ``pip uninstall`` the component is
+gone, the zoo still works, and a checkpoint that needs it says what to install.
+
+The venv (see conftest.PluginVenv) sees this interpreter's zoo; the package is installed only in
+the venv, so this interpreter not seeing it shows the discovery comes from the installed metadata.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "zoo-relu2"
+
+
+def _plugins(venv):
+    p = venv.zoo("plugins", "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout), p.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(plugin_venv):
+    before, _ = _plugins(plugin_venv)
+    assert not any(c["name"] == "relu2" for c in before["components"]), "zoo-relu2 is already installed"
+    copy = plugin_venv.pip_install(EXAMPLE)
+    yield copy
+    plugin_venv.pip_uninstall("zoo-relu2")  # a no-op answer if the last test already did
+
+
+def test_zoo_plugins_lists_it_with_its_distribution(plugin_venv, installed):
+    data, err = _plugins(plugin_venv)
+    assert data["problems"] == [] and "warning" not in err
+    (relu2,) = [c for c in data["components"] if c["name"] == "relu2"]
+    assert (relu2["kind"], relu2["dist"], relu2["version"]) == ("ffn", "zoo-relu2", "0.1.0")
+    assert relu2["class"] == "zoo_relu2.relu2.ReLU2"
+    assert data["models"]["gpt2-relu2"]["dist"] == "zoo-relu2"
+    assert {"mha", "rope", "mlp"} <= {c["name"] for c in data["components"]}  # the built-ins are still there
+    text = plugin_venv.zoo("plugins").stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("ffn") and " relu2 " in ln)
+    assert "zoo-relu2 0.1.0" in line
+    assert "models from zoo-relu2 0.1.0: gpt2-relu2" in text
+
+
+def test_only_the_venv_sees_it(installed):
+    # this interpreter has the same zoo but not the package: discovery is by installed metadata
+    p = subprocess.run([sys.executable, "-m", "zoo", "plugins", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "relu2" not in {c["name"] for c in json.loads(p.stdout)["components"]}
+
+
+def test_zoo_check_passes_it(plugin_venv, installed):
+    p = plugin_venv.zoo("check", "ffn", "relu2", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    (res,) = json.loads(p.stdout)
+    assert res["dist"] == "zoo-relu2"
+    statuses = {c["check"]: c["status"] for c in res["checks"]}
+    assert set(statuses.values()) == {"passed"} and "check_causality" in statuses and "check_gradients" in statuses
+
+
+def test_its_named_model_resolves_with_the_component(plugin_venv, installed):
+    p = plugin_venv.zoo("show", "gpt2-relu2", "--preset", "tiny", "--json")
+    assert p.returncode == 0, p.stderr
+    spec = json.loads(p.stdout)["spec"]
+    assert spec["ffn"] == {"name": "relu2", "params": {"hidden_mult": 4}} and spec["attention"]["name"] == "mha"
+
+
+def test_its_own_tests_pass(plugin_venv, installed):
+    p = plugin_venv.run("-m", "pytest", "-q", "-p", "no:cacheprovider", installed / "tests", cwd=installed)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert " passed" in p.stdout and "failed" not in p.stdout
+
+
+CKPT_SCRIPT = """
+import json, sys, torch, zoo
+from zoo.checkpoint import plugins_of, save_checkpoint
+spec = zoo.resolve("gpt2-relu2", "tiny")
+model = zoo.build_from_spec(spec)
+save_checkpoint(sys.argv[1], {"model": model.state_dict(), "spec": spec, "plugins": plugins_of(spec), "step": 0})
+print(json.dumps(plugins_of(spec)))
+"""
+
+LOAD_SCRIPT = """
+import sys
+from zoo.checkpoint import load_checkpoint, model_from_checkpoint
+from zoo.errors import ZooError
+try:
+    model = model_from_checkpoint(load_checkpoint(sys.argv[1]))
+except ZooError as e:
+    print("ZooError:", e)
+else:
+    print("loaded", type(model.blocks[0].ffn).__name__)
+"""
+
+
+def test_uninstall_removes_it_and_its_checkpoints_say_what_to_install(plugin_venv, installed, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    p = plugin_venv.run("-c", CKPT_SCRIPT, ckpt)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"zoo": "0.1.0", "zoo-relu2": "0.1.0"}  # the checkpoint records both
+    p = plugin_venv.run("-c", LOAD_SCRIPT, ckpt)
+    assert p.stdout.strip() == "loaded ReLU2", p.stdout + p.stderr
+
+    plugin_venv.pip_uninstall("zoo-relu2")
+
+    data, err = _plugins(plugin_venv)
+    assert "relu2" not in {c["name"] for c in data["components"]} and "gpt2-relu2" not in data["models"]
+    assert data["problems"] == [] and "warning" not in err
+    p = plugin_venv.zoo("list", "--preset", "tiny")  # the zoo still works
+    assert p.returncode == 0 and "gpt2-rope-gqa" in p.stdout and "gpt2-relu2" not in p.stdout, p.stderr
+    p = plugin_venv.zoo("show", "gpt2-relu2", "--preset", "tiny")
+    assert p.returncode == 2 and "unknown model 'gpt2-relu2'" in p.stderr and "Traceback" not in p.stderr
+    p = plugin_venv.run("-c", LOAD_SCRIPT, ckpt)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ZooError:") and "ffn 'relu2'" in p.stdout and "zoo-relu2==0.1.0" in p.stdout, p.stdout
