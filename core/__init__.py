@@ -54,7 +54,8 @@ def build_from_spec(spec: dict, reg=None):
     from .model import Transformer
     reg = reg or get_registry()
     return Transformer(spec, reg.get("attention", spec["attention"]["name"]).cls,
-                       reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls)
+                       reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls,
+                       component_cls=lambda kind, name: reg.get(kind, name).cls)
 
 
 def build(name: str, preset: str | None = None, **overrides):
@@ -75,10 +76,14 @@ def param_count(spec: dict) -> int:
 
 
 def kv_cache_bytes_per_token(spec: dict, dtype_bytes: int = 2):
-    """KV-cache bytes per token over all layers, from the attention's own report (None if it has none)."""
-    from .manifest import dims_of
-    comp = get_registry().get("attention", spec["attention"]["name"])
-    fn = getattr(comp.cls, "kv_cache_elems_per_token", None)
-    if fn is None:
-        return None
-    return int(fn(dims_of(spec), spec["attention"]["params"])) * spec["n_layers"] * dtype_bytes
+    """KV-cache bytes per token over all layers, from each layer's attention's own report (None if
+    one has none)."""
+    from .manifest import dims_of, layer_components
+    total = 0
+    for i in range(spec["n_layers"]):
+        ref = layer_components(spec, i)["attention"]
+        fn = getattr(get_registry().get("attention", ref["name"]).cls, "kv_cache_elems_per_token", None)
+        if fn is None:
+            return None
+        total += int(fn(dims_of(spec, i), ref["params"]))
+    return total * dtype_bytes

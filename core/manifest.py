@@ -158,7 +158,7 @@ def apply_overrides(spec: dict, overrides: dict, model: str) -> dict:
                     raise ManifestError(_unknown_key(model, key, spec))
                 node[p] = {}
             node = node[p]
-        if node is spec and parts[-1] not in spec and parts[-1] not in DIM_KEYS:
+        if node is spec and parts[-1] not in spec and parts[-1] not in DIM_KEYS + ("layers",):
             raise ManifestError(_unknown_key(model, key, spec))
         node[parts[-1]] = value
     return spec
@@ -214,11 +214,83 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
                       f"{kind}.params", f"Fix the params of {kind} {comp.name!r} (see `zoo plugins --json` "
                       f"for its schema).")
         spec[kind] = {"name": comp.name, "params": fill_defaults(comp.params_schema, params)}
+    for i, override in enumerate(spec.get("layers", [])):  # per-layer overrides, the same way
+        for kind in LAYER_KINDS:
+            if kind in override:
+                override[kind] = _resolve_component(reg, name, kind, override[kind], f"layers[{i}].{kind}")
     # pass 3: cross-field constraints
     problems = cross_field_problems(reg, spec)
     if problems:
         raise ManifestError(f"model {name!r} (preset {preset!r}): " + " ".join(problems))
     return spec
+
+
+def _resolve_component(reg, model, kind, ref, where):
+    """Pass 2 for one component reference at JSON path ``where``: the name is registered and the
+    params satisfy its schema; returns the reference with defaults filled in."""
+    if ref["name"] not in reg.components[kind]:
+        from .registry import unknown_name_message
+        raise ManifestError(f"model {model!r}: at {where}.name: "
+                            + unknown_name_message(kind, ref["name"], reg.components[kind]))
+    comp = reg.get(kind, ref["name"])
+    params = ref.get("params", {})
+    _schema_error(Draft202012Validator(comp.params_schema), params, f"model {model!r}", f"{where}.params",
+                  f"Fix the params of {kind} {comp.name!r} (see `zoo plugins --json` for its schema).")
+    return {"name": comp.name, "params": fill_defaults(comp.params_schema, params)}
+
+
+# ---- per-layer composition ----------------------------------------------------------------------
+
+LAYER_KINDS = ("attention", "ffn")
+
+
+def layer_selects(override: dict, layer: int, n_layers: int) -> bool:
+    """Whether a ``layers`` override applies to layer ``layer`` (0-based)."""
+    start, end, every = override.get("from", 0), override.get("to", n_layers), override.get("every", 1)
+    return start <= layer < end and (layer - start) % every == 0
+
+
+def layer_components(spec: dict, layer: int) -> dict:
+    """The attention and ffn references of one layer: the model's, replaced by each ``layers``
+    override that selects the layer, in order (a later override wins)."""
+    out = {kind: spec[kind] for kind in LAYER_KINDS}
+    for override in spec.get("layers", []) or []:
+        if layer_selects(override, layer, spec["n_layers"]):
+            out.update({kind: override[kind] for kind in LAYER_KINDS if kind in override})
+    return out
+
+
+def layer_spec(spec: dict, layer: int) -> dict:
+    """The spec as one layer sees it: its own attention and ffn in place of the model's."""
+    return {**spec, **layer_components(spec, layer)}
+
+
+def _layer_problems(reg, spec: dict) -> list[str]:
+    out = []
+    n = spec["n_layers"]
+    pe = reg.get("posenc", spec["posenc"]["name"])
+    for i, override in enumerate(spec.get("layers", []) or []):
+        selected = [j for j in range(n) if layer_selects(override, j, n)]
+        if not selected:
+            out.append(f"at layers[{i}]: from={override.get('from', 0)}, to={override.get('to', n)}, "
+                       f"every={override.get('every', 1)} selects no layer of the {n} (0 to {n - 1}); fix the "
+                       f"range or drop the override.")
+            continue
+        for kind in LAYER_KINDS:
+            if kind not in override:
+                continue
+            comp = reg.get(kind, override[kind]["name"])
+            if kind == "attention":
+                accepted = comp.tags.get("posenc", list(POSENC_KINDS))
+                if pe.tags.get("kind") not in accepted:
+                    ok = sorted(n_ for n_, c in reg.components["posenc"].items() if c.tags.get("kind") in accepted)
+                    out.append(f"at layers[{i}].attention.name: attention {comp.name!r} does not accept "
+                               f"{pe.tags.get('kind')} encodings like {pe.name!r}; use one of {ok}.")
+            check = getattr(comp.cls, "validate_spec", None)
+            if check is not None:
+                for msg in check(dims_of(spec, selected[0]), override[kind]["params"]) or []:
+                    out.append(f"at layers[{i}].{kind}.params: {msg}.")
+    return out
 
 
 def dims_of(spec: dict, layer: int = 0) -> Dims:
@@ -249,4 +321,6 @@ def cross_field_problems(reg, spec: dict) -> list[str]:
         if check is not None:
             for msg in check(dims, spec[kind_]["params"]) or []:
                 out.append(f"at {kind_}.params: {msg}.")
+    if spec.get("layers"):
+        out += _layer_problems(reg, spec)
     return out

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .components import make_norm
-from .manifest import dims_of
+from .manifest import dims_of, layer_spec
 
 
 class Block(nn.Module):
@@ -34,14 +34,17 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A decoder-only language model built from a resolved spec and the component classes."""
 
-    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls):
+    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None):
+        """``component_cls(kind, name)`` gives the class of a component that a ``layers`` override
+        names (default: from the registry); the model-wide classes are given directly."""
         super().__init__()
         self.spec = spec
         dims = dims_of(spec)
         self.wte = nn.Embedding(spec["vocab_size"], spec["d_model"])
         self.posenc = posenc_cls(dims, **spec["posenc"]["params"])
         self.drop = nn.Dropout(spec["dropout"])
-        self.blocks = nn.ModuleList(Block(spec, attention_cls, ffn_cls, i) for i in range(spec["n_layers"]))
+        self.blocks = nn.ModuleList(self._block(spec, i, attention_cls, ffn_cls, component_cls)
+                                    for i in range(spec["n_layers"]))
         self.norm_f = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.lm_head = nn.Linear(spec["d_model"], spec["vocab_size"], bias=False)
         if spec["tie_weights"]:
@@ -50,6 +53,17 @@ class Transformer(nn.Module):
         for m in self.modules():
             if getattr(m, "zoo_residual", False):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02 / math.sqrt(2 * spec["n_layers"]))
+
+    @staticmethod
+    def _block(spec, i, attention_cls, ffn_cls, component_cls):
+        """Block i, with the attention and ffn that the spec's ``layers`` overrides give it."""
+        ls = layer_spec(spec, i)
+        if component_cls is None:
+            from . import get_registry
+            component_cls = lambda kind, name: get_registry().get(kind, name).cls  # noqa: E731
+        att = attention_cls if ls["attention"]["name"] == spec["attention"]["name"] else component_cls("attention", ls["attention"]["name"])
+        ffn = ffn_cls if ls["ffn"]["name"] == spec["ffn"]["name"] else component_cls("ffn", ls["ffn"]["name"])
+        return Block(ls, att, ffn, i)
 
     @staticmethod
     def _init_weights(m):

@@ -26,7 +26,7 @@ def test_builtin_manifest_is_valid_against_the_schema():
 def test_extends_inherits_and_overrides():
     spec = resolve("gpt2-rope-gqa")
     assert spec["norm"] == "layernorm" and spec["ffn"]["name"] == "mlp"  # from gpt2
-    assert spec["attention"] == {"name": "gqa", "params": {"n_kv_heads": 2, "qk_norm": False}}
+    assert spec["attention"] == {"name": "gqa", "params": {"n_kv_heads": 2, "qk_norm": False, "window": None}}
     assert spec["posenc"]["params"] == {"theta": 10000, "rotary_fraction": 1.0}  # defaults filled
 
 
