@@ -1,0 +1,65 @@
+"""The bench harness on the CPU at the tiny preset: the report is complete and sane.
+No timing is asserted: only that each figure exists, is positive and is consistent."""
+import json
+
+import pytest
+
+import zoo
+from zoo.bench import format_report, model_flops_per_token, run_bench
+from zoo.cli import main
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_bench(zoo.list_models(), preset="tiny", device="cpu", reps=1, warmup=1,
+                     components=True, decode_batch=2, decode_tokens=4)
+
+
+def test_every_model_has_every_figure(result):
+    assert [r["model"] for r in result["models"]] == zoo.list_models()
+    for r in result["models"]:
+        for key in ("train_tokens_per_sec", "prefill_tokens_per_sec", "decode_tokens_per_sec_b1",
+                    "decode_tokens_per_sec_b2", "train_flops_per_sec", "mfu_vs_measured_peak"):
+            assert r[key] is not None and r[key] > 0, (r["model"], key, r.get("decode_errors"))
+        assert r["params"] == zoo.param_count(zoo.resolve(r["model"], "tiny"))
+        assert r["kv_cache_bytes_per_token"] == zoo.kv_cache_bytes_per_token(zoo.resolve(r["model"], "tiny"), 4)
+        assert r["decode_errors"] == {}
+        assert r["train_time"]["min"] <= r["train_time"]["median"] <= r["train_time"]["max"]
+        assert 0 < r["mfu_vs_measured_peak"] < 1.5  # a FLOP count far off would show here
+    env = result["environment"]
+    assert env["torch"] and env["date"] and env["device"].startswith("cpu")
+    assert result["peak_flops_measured"] > 0 and result["peak_flops_datasheet"] is None
+
+
+def test_component_ratios_are_reported(result):
+    rows = result["components"]["components"]
+    names = {(r["kind"], r["name"]) for r in rows}
+    assert {(c.kind, c.name) for c in zoo.get_registry().list_components() if c.kind != "posenc"} <= names
+    for r in rows:
+        assert "error" not in r, r
+        assert r["ratio_vs_reference"] > 0
+
+
+def test_flops_follow_the_components_reports():
+    model = zoo.build("gpt2", "tiny")
+    f = model_flops_per_token(model, 32)
+    assert f["train"] == 3 * f["forward"]
+    spec = model.spec
+    d, L, V, T = spec["d_model"], spec["n_layers"], spec["vocab_size"], 32
+    # GPT-2: 2 x (attention and MLP weights) + attention scores (QK and AV: 4 T d) per layer, + head
+    expected = L * (2 * (4 * d * d + 8 * d * d) + 4 * T * d) + 2 * d * V
+    assert f["forward"] == pytest.approx(expected, rel=0.02)
+
+
+def test_report_json_and_vs(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "gpt2", "--preset", "tiny", "--reps", "1", "--warmup", "1", "--device", "cpu",
+                 "--decode-batch", "2", "--decode-tokens", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["models"][0]["model"] == "gpt2"
+    assert main(["bench", "gpt2", "--preset", "tiny", "--reps", "1", "--warmup", "1", "--device", "cpu",
+                 "--decode-batch", "2", "--decode-tokens", "2", "--vs", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "train vs old" in text and "x" in text.split("train vs old")[-1]
+    assert "gpt2" in format_report(data)
+    assert main(["bench", "nosuch", "--preset", "tiny"]) == 2
