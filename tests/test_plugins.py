@@ -1,0 +1,197 @@
+"""Third-party plugin distributions, broken in every way the issue lists, installed for real.
+
+Each package is a real distribution as far as discovery goes: a ``NAME-VERSION.dist-info`` folder
+(METADATA, entry_points.txt) beside its module, on the PYTHONPATH of a ``python -m zoo``
+subprocess, which is what ``pip install --target`` would leave there. importlib.metadata finds
+them exactly as it finds pip-installed ones; nothing is injected into the registry.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from zoo import PLUGIN_API_VERSION
+from zoo.registry import DEFAULT_PLUGIN_API, api_problem, declared_api
+
+FFN = """
+import torch.nn as nn
+from zoo.hookspecs import hookimpl
+from zoo_plugins.ffn.mlp import MLP, PARAMS
+"""
+
+PACKAGES = {
+    # name: (module source, entry points {name: module})
+    "zoo-good": (FFN + """
+ZOO_API = "1.0"
+@hookimpl
+def register_ffn(register):
+    register("good-ffn", MLP, PARAMS, {"token_wise": True})
+@hookimpl
+def register_models(register):
+    register("gpt2-good", {"extends": "gpt2", "ffn": {"name": "good-ffn"}})
+""", {"ffn-good": "zoo_good"}),
+    "zoo-broken-import": ("import a_module_that_does_not_exist\n", {"ffn-broken": "zoo_broken_import"}),
+    "zoo-raising-hook": (FFN + """
+@hookimpl
+def register_ffn(register):
+    register("raising-ffn", MLP, PARAMS, {})
+    raise RuntimeError("the hook fell over")
+""", {"ffn-raising": "zoo_raising_hook"}),
+    "zoo-bad-schema": (FFN + """
+@hookimpl
+def register_ffn(register):
+    register("bad-schema-ffn", MLP, {"type": "object", "properties": {"width": {"type": "wide"}}}, {})
+""", {"ffn-bad-schema": "zoo_bad_schema"}),
+    "zoo-clash": (FFN + """
+@hookimpl
+def register_ffn(register):
+    register("mlp", MLP, PARAMS, {})  # the built-in GELU MLP's name
+    register("clash-other", MLP, PARAMS, {"token_wise": True})  # fine on its own
+""", {"ffn-clash": "zoo_clash"}),
+    "zoo-future-api": (FFN + """
+ZOO_API = "2.0"
+@hookimpl
+def register_ffn(register):
+    register("future-ffn", MLP, PARAMS, {})
+""", {"ffn-future": "zoo_future_api"}),
+    "zoo-exits": ("import sys\nsys.exit('I exit at import')\n", {"ffn-exits": "zoo_exits"}),
+}
+BROKEN = {
+    "zoo-broken-import": "No module named 'a_module_that_does_not_exist'",
+    "zoo-raising-hook": "raised RuntimeError: the hook fell over",
+    "zoo-bad-schema": "invalid params schema",
+    "zoo-clash": "name 'mlp' is already registered by 'zoo'",
+    "zoo-future-api": f"built for zoo plugin API 2.0, but this zoo provides API {PLUGIN_API_VERSION}",
+    "zoo-exits": "SystemExit: I exit at import",
+}
+NEVER_REGISTERED = {"raising-ffn", "bad-schema-ffn", "future-ffn"}
+
+
+def write_dist(root, dist, version, module_source, entry_points):
+    """A distribution as an installer leaves it: the module and NAME-VERSION.dist-info/."""
+    module = dist.replace("-", "_")
+    (root / f"{module}.py").write_text(textwrap.dedent(module_source))
+    info = root / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("[zoo]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    (info / "RECORD").write_text("")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    for dist, (src, eps) in PACKAGES.items():
+        write_dist(root, dist, "1.0", src, eps)
+    return root
+
+
+def zoo_cmd(site, *args, plugins=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_PLUGINS", "ZOO_MANIFEST")}
+    env["PYTHONPATH"] = str(site)
+    if plugins is not None:
+        env["ZOO_PLUGINS"] = plugins
+    return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, env=env, cwd=site)
+
+
+def warnings_of(stderr):
+    return [ln for ln in stderr.splitlines() if ln.startswith("zoo: warning:")]
+
+
+def test_each_broken_distribution_is_one_warning_and_the_rest_works(site):
+    p = zoo_cmd(site, "plugins", "--json")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    data = json.loads(p.stdout)
+    problems = {}
+    for pr in data["problems"]:
+        problems.setdefault(pr["dist"], []).append(pr["reason"])
+    assert set(problems) == set(BROKEN)
+    for dist, needle in BROKEN.items():
+        assert any(needle in r for r in problems[dist]), (dist, problems[dist])
+        warns = [w for w in warnings_of(p.stderr) if f"'{dist}'" in w]
+        assert len(warns) == 1 and needle in warns[0], (dist, p.stderr)
+    assert len(warnings_of(p.stderr)) == len(BROKEN)
+    comps = {(c["kind"], c["name"]): c for c in data["components"]}
+    assert comps[("ffn", "good-ffn")]["dist"] == "zoo-good" and comps[("ffn", "good-ffn")]["version"] == "1.0"
+    assert comps[("ffn", "mlp")]["dist"] == "zoo"  # the clash is blamed on the newcomer
+    assert comps[("ffn", "clash-other")]["dist"] == "zoo-clash"  # its other, valid component still loads
+    assert not NEVER_REGISTERED & {n for _, n in comps}
+    assert data["models"]["gpt2-good"]["dist"] == "zoo-good" and "llama" in data["models"]
+
+
+def test_plugins_table_names_distribution_version_and_failures(site):
+    p = zoo_cmd(site, "plugins")
+    assert p.returncode == 0, p.stderr
+    row = next(ln for ln in p.stdout.splitlines() if " good-ffn " in ln)
+    assert row.split()[:4] == ["ffn", "good-ffn", "zoo-good", "1.0"]
+    assert "models from zoo-good 1.0: gpt2-good" in p.stdout
+    for dist in BROKEN:
+        assert f"FAILED {dist}: " in p.stdout
+
+
+def test_the_good_plugin_passes_the_kit_and_builds_beside_broken_ones(site):
+    p = zoo_cmd(site, "check", "ffn", "good-ffn")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "zoo-good" in p.stdout and "ok" in p.stdout
+    p = zoo_cmd(site, "show", "gpt2-good", "--preset", "tiny", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["spec"]["ffn"]["name"] == "good-ffn", p.stderr
+
+
+def test_strict_makes_any_problem_an_error_exit(site):
+    p = zoo_cmd(site, "--strict", "list", "--preset", "tiny")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("zoo: error: plugin problems (--strict)") and "Traceback" not in p.stderr
+    for dist in BROKEN:
+        assert f"  {dist}: " in p.stderr
+    # with only the good distribution allowed, --strict has nothing to object to
+    p = zoo_cmd(site, "--strict", "plugins", plugins="zoo-good")
+    assert p.returncode == 0 and " good-ffn " in p.stdout and p.stderr == "", p.stderr
+
+
+def test_zoo_plugins_allowlist(site):
+    # only the named third-party distributions load (names normalised as pip does); built-ins always
+    p = zoo_cmd(site, "plugins", "--json", plugins="Zoo_Good , zoo-clash")
+    data = json.loads(p.stdout)
+    dists = {c["dist"] for c in data["components"]}
+    assert dists == {"zoo", "zoo-good", "zoo-clash"}
+    assert [pr["dist"] for pr in data["problems"]] == ["zoo-clash"]
+    assert len(warnings_of(p.stderr)) == 1
+    # empty: no third-party distribution at all
+    p = zoo_cmd(site, "plugins", "--json", plugins="")
+    data = json.loads(p.stdout)
+    assert {c["dist"] for c in data["components"]} == {"zoo"} and data["problems"] == [] and p.stderr == ""
+    # a name that is not installed is reported, not silently ignored
+    p = zoo_cmd(site, "plugins", "--json", plugins="zoo-good,zoo-goood")
+    data = json.loads(p.stdout)
+    assert [pr["dist"] for pr in data["problems"]] == ["zoo-goood"]
+    assert "no installed distribution" in data["problems"][0]["reason"]
+    assert "good-ffn" in {c["name"] for c in data["components"]}
+
+
+@pytest.mark.parametrize("declared, ok", [("1", True), ("1.0", True), (PLUGIN_API_VERSION, True),
+                                          ("1.99", False), ("2.0", False), ("0.9", False), ("one", False)])
+def test_api_compatibility_rule(declared, ok):
+    # same major, minor not newer than ours (this zoo provides 1.0)
+    assert PLUGIN_API_VERSION == "1.0"
+    why = api_problem(declared, "plugin x", "zoo-x")
+    assert (why is None) == ok, why
+    if not ok:
+        assert "zoo-x" in why or "not a version" in why or "upgrade the zoo" in why
+
+
+def test_api_declaration_is_found_on_the_module_or_its_package():
+    import types
+    pkg, mod = types.ModuleType("pkg_api_test"), types.ModuleType("pkg_api_test.sub")
+    assert declared_api(mod) == DEFAULT_PLUGIN_API  # nothing declared: the first API
+    pkg.ZOO_API = "1.0"
+    sys.modules["pkg_api_test"] = pkg
+    try:
+        assert declared_api(mod) == "1.0"
+        mod.ZOO_API = "2.1"  # the module's own declaration wins
+        assert declared_api(mod) == "2.1"
+    finally:
+        del sys.modules["pkg_api_test"]
