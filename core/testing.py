@@ -287,29 +287,44 @@ def check_every_partner(component):
             _close(m(idx)[0][:, :-1], m(idx2)[0][:, :-1], f"causality with {p.kind} {p.name!r}")
 
 
-def _cache_matches_full(m, prompt_len, total):
+def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False):
+    """Prefill ``prompt_len`` tokens, then decode one token at a time up to ``total``; the logits
+    must equal one full forward pass. ``spare`` extra cache slots stay empty and must be masked out
+    (a static cache allocated for the whole context); ``explicit_pos`` passes positions as a
+    tensor, as a compiled decode step does, instead of letting the cache count them."""
     idx = torch.randint(0, DIMS.vocab_size, (B, total), generator=torch.Generator().manual_seed(6))
+    pos = torch.arange(total)  # (total,)
     with torch.no_grad():
         full, _ = m(idx)  # (B, total, V)
-        cache = m.new_cache(B, total)
-        parts = [m(idx[:, :prompt_len], cache=cache)[0]]
+        cache = m.new_cache(B, total + spare, dtype=torch.float32)
+        parts = [m(idx[:, :prompt_len], cache=cache, pos=pos[:prompt_len] if explicit_pos else None)[0]]
         for t in range(prompt_len, total):
-            parts.append(m(idx[:, t:t + 1], cache=cache)[0])
-    _close(torch.cat(parts, 1), full, f"prefill {prompt_len} + decode to {total} vs full forward")
+            parts.append(m(idx[:, t:t + 1], cache=cache, pos=pos[t:t + 1] if explicit_pos else None)[0])
+    what = (f"prefill {prompt_len} + decode to {total}" + (f", {spare} spare cache slots" if spare else "")
+            + (", positions given" if explicit_pos else ""))
+    assert cache.length == total, f"{what}: the cache counts {cache.length} positions, expected {total}"
+    _close(torch.cat(parts, 1), full, f"{what} vs full forward")
+
+
+# (prompt length, spare slots, explicit positions): a prompt of one token, short prompts in a cache
+# larger than needed, half the context, and prompts reaching the context limit (block_size).
+KV_CACHE_CASES = ((1, 0, False), (2, 3, True), (DIMS.block_size // 2, 0, False),
+                  (DIMS.block_size - 1, 1, True), (DIMS.block_size, 0, False))
 
 
 @_check(kinds=("attention", "posenc"), applies=lambda tags: tags.get("kv_cache", True))
 def check_kv_cache_matches_full(component):
-    """Prefill plus token-by-token decode with the cache equals a full forward pass (float32),
-    for prompts of length 1 up to the context limit, with every partner component."""
+    """Prefill plus token-by-token decode with the cache equals a full forward pass (float32,
+    within 1e-5), for prompts of length 1 up to the context limit, with every partner component
+    (every posenc for an attention, every attention for a posenc), and positions continue."""
     reg = _reg()
-    for p in _partners(component, reg):
-        if not p.tags.get("kv_cache", True):
-            continue
-        m = model_for(component, reg, partner=p)
-        for prompt_len in (1, DIMS.block_size // 2, DIMS.block_size):
+    partners = [p for p in _partners(component, reg) if p.tags.get("kv_cache", True)]
+    assert partners, "no partner component with a KV cache to test with"
+    for p in partners:
+        m = model_for(component, reg, partner=p).float()
+        for prompt_len, spare, explicit in KV_CACHE_CASES:
             try:
-                _cache_matches_full(m, prompt_len, DIMS.block_size)
+                _cache_matches_full(m, prompt_len, DIMS.block_size, spare, explicit)
             except AssertionError as e:
                 raise AssertionError(f"with {p.kind} {p.name!r}: {e}") from None
 
