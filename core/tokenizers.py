@@ -79,6 +79,9 @@ def from_config(cfg: dict):
     if t == "bpe":
         from .bpe import BPETokenizer
         return BPETokenizer.from_config(cfg)
+    if t == "hf":  # a Hugging Face tokenizer.json of an imported model (zoo import hf)
+        from .hf import HFTokenizer
+        return HFTokenizer(cfg)
     if t in EXTRA_TYPES:
         return EXTRA_TYPES[t](cfg)
     raise ZooError(f"unknown tokenizer type {t!r} in tokenizer config; known: char, tiktoken, bpe, "
