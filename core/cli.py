@@ -60,7 +60,11 @@ def cmd_show(args):
     spec = zoo.resolve(args.name, args.preset, **_overrides(args.set))
     info = {"spec": spec, "params": zoo.param_count(spec),
             "kv_cache_bytes_per_token": {"bf16": zoo.kv_cache_bytes_per_token(spec, 2),
-                                         "fp32": zoo.kv_cache_bytes_per_token(spec, 4)}}
+                                         "fp32": zoo.kv_cache_bytes_per_token(spec, 4)},
+            # multi-head attention's figure for comparison: keys and values, d_model each, per layer
+            "mha_kv_cache_bytes_per_token": {"bf16": 2 * spec["d_model"] * spec["n_layers"] * 2,
+                                             "fp32": 2 * spec["d_model"] * spec["n_layers"] * 4},
+            "component_params": _component_params(spec)}
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -69,6 +73,9 @@ def cmd_show(args):
         print(f"  {key:<12} {spec[key]}")
     for kind in ("attention", "posenc", "ffn"):
         print(f"  {kind:<12} {spec[kind]['name']} {json.dumps(spec[kind]['params'])}")
+    for i, o in enumerate(spec.get("layers", [])):
+        sel = f"layers {o.get('from', 0)}..{o.get('to', spec['n_layers']) - 1}" + (f" every {o['every']}" if o.get("every", 1) > 1 else "")
+        print(f"  {f'layers[{i}]':<12} {sel}: " + ", ".join(f"{k} {o[k]['name']} {json.dumps(o[k]['params'])}" for k in ("attention", "ffn") if k in o))
     print(f"  {'parameters':<12} {info['params']:,} ({_fmt_params(info['params'])})")
     kv = info["kv_cache_bytes_per_token"]
     if kv["bf16"] is None:
@@ -76,6 +83,24 @@ def cmd_show(args):
     else:
         print(f"  {'kv cache':<12} {kv['bf16']:,} bytes/token in bf16, {kv['fp32']:,} in fp32 "
               f"({kv['bf16'] * spec['block_size'] / 2**20:.2f} MiB per sequence of {spec['block_size']} in bf16)")
+    print(f"  {'':<12} multi-head attention: {info['mha_kv_cache_bytes_per_token']['bf16']:,} bytes/token in bf16")
+    for key, (n, per) in info["component_params"].items():
+        print(f"  {('attn' if key == 'attention' else key) + ' params':<12} {n:,} ({_fmt_params(n)}) in all layers, {per}")
+
+
+def _component_params(spec):
+    """Parameters of the attention and ffn layers over all blocks (counted on the meta device)."""
+    import torch
+    import zoo
+    with torch.device("meta"):
+        model = zoo.build_from_spec(spec)
+    out = {}
+    for kind, attr in (("attention", "attn"), ("ffn", "ffn")):
+        counts = [sum(p.numel() for p in getattr(b, attr).parameters()) for b in model.blocks]
+        names = sorted({type(getattr(b, attr)).__name__ for b in model.blocks})
+        per = f"{counts[0]:,} per layer" if len(set(counts)) == 1 else "per layer " + ", ".join(f"{c:,}" for c in counts)
+        out[kind] = (sum(counts), f"{per} ({', '.join(names)})")
+    return out
 
 
 def cmd_plugins(args):
