@@ -63,7 +63,14 @@ def build(name: str, preset: str | None = None, **overrides):
     return build_from_spec(resolve(name, preset, **overrides))
 
 
-__all__ = ["ZooError", "ManifestError", "PluginError", "build", "build_from_spec", "resolve",
+def load(path, device=None, dtype=None):
+    """(model, tokenizer) of a run directory or checkpoint file, the model in eval mode
+    (see ``zoo.generate`` to sample from it)."""
+    from .generate import load as _load
+    return _load(path, device=device, dtype=dtype)
+
+
+__all__ = ["ZooError", "ManifestError", "PluginError", "build", "build_from_spec", "resolve", "load",
            "list_models", "get_registry", "configure", "param_count", "kv_cache_bytes_per_token",
            "__version__", "PLUGIN_API_VERSION"]
 
