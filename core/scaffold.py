@@ -3,7 +3,8 @@
 The package registers a component called NAME through the plugin API (entry points of the group
 ``zoo``, one hookimpl), declares the API version it was written for (``ZOO_API``), adds a named
 model ``gpt2-NAME`` that uses the component, and has a test that runs the conformance kit on it
-with ``zoo.testing.parametrize_with_checks``. It passes its own tests as generated: the component
+with ``zoo.testing.parametrize_with_checks``, and a GitHub Actions workflow that runs it (the kit
+in the package's CI). It passes its own tests as generated: the component
 starts as a standard one of its kind, for the author to change. The files come from
 ``zoo/templates`` with ``{{key}}`` placeholders filled in.
 """
@@ -61,6 +62,7 @@ def layout(v: dict) -> dict:
         f"src/{v['package']}/{v['module']}.py": f"{v['kind']}.py.tmpl",
         f"src/{v['package']}/models.py": "models.py.tmpl",
         f"tests/test_{v['module']}.py": "test_component.py.tmpl",
+        ".github/workflows/tests.yml": "github-workflow.yml.tmpl",
     }
 
 

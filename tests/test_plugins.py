@@ -195,3 +195,46 @@ def test_api_declaration_is_found_on_the_module_or_its_package():
         assert declared_api(mod) == "2.1"
     finally:
         del sys.modules["pkg_api_test"]
+
+
+# ---- docs/plugins.md: its examples run, its tutorial files are the example package's files ----
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "plugins.md"
+EXAMPLE = ROOT / "examples" / "zoo-relu2"
+
+
+def _doc_blocks():
+    import re
+    text = DOC.read_text(encoding="utf-8")
+    return [(m.group(1), m.group(2), m.group(3))
+            for m in re.finditer(r"(?:<!-- file: (\S+) -->\n)?```(\w*)\n(.*?)```", text, re.S)]
+
+
+def test_docs_tutorial_files_are_the_example_package():
+    files = [(path, body) for path, _, body in _doc_blocks() if path]
+    assert {p for p, _ in files} >= {"pyproject.toml", "src/zoo_relu2/__init__.py", "src/zoo_relu2/relu2.py",
+                                     "src/zoo_relu2/zoo.json", "src/zoo_relu2/models.py", "tests/test_relu2.py"}
+    for path, body in files:
+        assert body == (EXAMPLE / path).read_text(encoding="utf-8"), f"docs/plugins.md shows an outdated {path}"
+
+
+def test_docs_examples_run(capsys):
+    blocks = [body for path, lang, body in _doc_blocks() if lang == "python" and not path]
+    assert len(blocks) >= 5  # one per hook, and the checks listing
+    for i, body in enumerate(blocks):
+        try:
+            exec(compile(body, f"docs/plugins.md python block {i + 1}", "exec"), {"__name__": f"docs_example_{i}"})
+        except Exception as e:
+            raise AssertionError(f"docs/plugins.md python block {i + 1} fails:\n{body}") from e
+    out = capsys.readouterr().out
+    assert "ffn relu-mlp my-plugin" in out and "my-plugin 0" in out
+
+
+def test_docs_list_every_check_of_the_kit():
+    import re
+    from zoo.testing import CHECKS
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("## The conformance kit")[1].split("\n## ")[0]
+    listed = set(re.findall(r"`(check_[a-z_]+)`", section)) - {"check_component"}
+    assert listed == {c.name for c in CHECKS}

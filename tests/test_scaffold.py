@@ -28,7 +28,7 @@ def generated(tmp_path_factory):
 def test_layout_and_contents(generated):
     root = generated / "zoo-my-ffn"
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert files == ["README.md", "pyproject.toml", "src/zoo_my_ffn/__init__.py", "src/zoo_my_ffn/models.py",
+    assert files == [".github/workflows/tests.yml", "README.md", "pyproject.toml", "src/zoo_my_ffn/__init__.py", "src/zoo_my_ffn/models.py",
                      "src/zoo_my_ffn/my_ffn.py", "tests/test_my_ffn.py"]
     pyproject = (root / "pyproject.toml").read_text()
     assert 'name = "zoo-my-ffn"' in pyproject and '[project.entry-points.zoo]' in pyproject
@@ -36,6 +36,8 @@ def test_layout_and_contents(generated):
     from zoo import PLUGIN_API_VERSION
     assert f'ZOO_API = "{PLUGIN_API_VERSION}"' in (root / "src/zoo_my_ffn/__init__.py").read_text()
     assert "parametrize_with_checks(kind=\"ffn\", names=[\"my-ffn\"])" in (root / "tests/test_my_ffn.py").read_text()
+    ci = (root / ".github/workflows/tests.yml").read_text()
+    assert 'pip install -e ".[test]"' in ci and "python -m pytest" in ci  # the kit runs in their CI
     for kind in KINDS:  # every generated module is Python, cites a paper and has one hookimpl
         src = (generated / f"zoo-my-{kind}" / f"src/zoo_my_{kind}/my_{kind}.py").read_text()
         tree = ast.parse(src)

@@ -35,6 +35,12 @@ def test_it_is_the_squared_relu_of_primer():
     assert not torch.allclose(F.relu(h).square(), F.gelu(h))
 
 
+def test_reports_its_flops():
+    from zoo_relu2.relu2 import ReLU2
+    m = ReLU2(Dims(d_model=8, n_heads=2), hidden_mult=4)
+    assert m.flops_per_token(seq_len=16) == 2 * (8 * 32 + 32 * 8)
+
+
 def test_named_model_trains_a_step_at_tiny():
     spec = zoo.resolve("gpt2-relu2", "tiny")
     assert spec["ffn"] == {"name": "relu2", "params": {"hidden_mult": 4}}

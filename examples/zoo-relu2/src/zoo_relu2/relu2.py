@@ -31,6 +31,11 @@ class ReLU2(nn.Module):
         self.proj = init_residual_(nn.Linear(hidden, dims.d_model, bias=dims.bias))
         self.drop = nn.Dropout(dims.dropout)
 
+    def flops_per_token(self, seq_len):
+        """Forward matmul FLOPs per token (2 per multiply-add), for MFU in `zoo bench` and training
+        logs; the squaring is elementwise and not counted."""
+        return 2 * (self.fc.weight.numel() + self.proj.weight.numel())
+
     def forward(self, x):  # x: (B, T, C)
         h = F.relu(self.fc(x)).square()  # (B, T, H)
         return self.drop(self.proj(h))  # (B, T, C)
