@@ -28,8 +28,8 @@ def test_kit_covers_every_registered_component():
 class PeekingAttention(GroupedQueryAttention):
     """Attends to the future: no causal mask."""
 
-    def __init__(self, dims, qk_norm=False):
-        super().__init__(dims, n_kv_heads=dims.n_heads, qk_norm=qk_norm)
+    def __init__(self, dims, **params):
+        super().__init__(dims, n_kv_heads=dims.n_heads, **params)
 
     def forward(self, x, posenc, pos, cache=None):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -46,8 +46,8 @@ class ForgetfulCache(KVCache):
 
 
 class ForgetfulAttention(GroupedQueryAttention):
-    def __init__(self, dims, qk_norm=False):
-        super().__init__(dims, n_kv_heads=dims.n_heads, qk_norm=qk_norm)
+    def __init__(self, dims, **params):
+        super().__init__(dims, n_kv_heads=dims.n_heads, **params)
 
     def new_cache(self, batch, max_len, device=None, dtype=None):
         return ForgetfulCache(batch, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)
@@ -72,26 +72,34 @@ def _status(comp):
     return {n: s for n, s, _ in run_checks(comp)}
 
 
+def _messages(comp):
+    return {n: m for n, s, m in run_checks(comp)}
+
+
 def test_kit_fails_a_non_causal_attention():
     comp = Component("attention", "peeking", PeekingAttention, MHA_PARAMS, GQA_TAGS, "test", "0")
-    st = _status(comp)
-    assert st["check_causality"] == "failed"
-    assert st["check_every_partner"] == "failed"
-    assert st["check_output_shape"] == "passed"
+    st, msg = _status(comp), _messages(comp)
+    assert st["check_causality"] == "failed" and "after changing later tokens" in msg["check_causality"]
+    assert st["check_every_partner"] == "failed" and "causality with posenc" in msg["check_every_partner"]
+    assert st["check_output_shape"] == "passed" and st["check_gradients"] == "passed"
 
 
 def test_kit_fails_a_cache_that_forgets():
     comp = Component("attention", "forgetful", ForgetfulAttention, MHA_PARAMS, GQA_TAGS, "test", "0")
-    st = _status(comp)
+    st, msg = _status(comp), _messages(comp)
     assert st["check_kv_cache_matches_full"] == "failed"
-    assert st["check_causality"] == "passed"
+    assert "vs full forward" in msg["check_kv_cache_matches_full"]
+    assert st["check_causality"] == "passed" and st["check_every_partner"] == "passed"
 
 
 def test_kit_fails_batch_mixing_and_dead_parameters():
     mixing = Component("ffn", "mixing", BatchMixingFFN, MLP_PARAMS, MLP_TAGS, "test", "0")
     assert _status(mixing)["check_batch_independence"] == "failed"
+    assert "run alone vs in a batch" in _messages(mixing)["check_batch_independence"]
     dead = Component("ffn", "dead", DeadParamFFN, MLP_PARAMS, MLP_TAGS, "test", "0")
     assert _status(dead)["check_gradients"] == "failed"
+    assert "received no gradient" in _messages(dead)["check_gradients"]
+    assert _status(dead)["check_causality"] == "passed"
 
 
 def test_known_failures_are_reported_as_xfail():

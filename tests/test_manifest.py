@@ -27,7 +27,8 @@ def test_extends_inherits_and_overrides():
     spec = resolve("gpt2-rope-gqa")
     assert spec["norm"] == "layernorm" and spec["ffn"]["name"] == "mlp"  # from gpt2
     assert spec["attention"] == {"name": "gqa", "params": {"n_kv_heads": 2, "qk_norm": False, "window": None}}
-    assert spec["posenc"]["params"] == {"theta": 10000, "rotary_fraction": 1.0}  # defaults filled
+    assert spec["posenc"]["params"]["theta"] == 10000  # from the entry
+    assert spec["posenc"]["params"]["rotary_fraction"] == 1.0  # the schema's default, filled in
 
 
 def test_unknown_model_suggests_the_closest():
