@@ -158,7 +158,8 @@ def context_window(model):
 
 
 def supports_cache(model) -> bool:
-    return all(hasattr(b.attn, "new_cache") for b in model.blocks)
+    """Whether every layer's attention offers a cache (``new_cache``); if not, generation recomputes."""
+    return all(callable(getattr(b.attn, "new_cache", None)) for b in model.blocks)
 
 
 class Generation:
@@ -538,17 +539,19 @@ def _print_stream(stream: TextStream, out):
 # ---- benchmark: cache against recompute --------------------------------------------------------
 
 def bench_cache(model_name="gpt2", preset="char", new_tokens=500, prompt_len=1, batch=1, device="cpu",
-                overrides=None, seed=0, compile=False, runs=("cache", "recompute"), log=print):
-    """Seconds to decode ``new_tokens`` tokens with the KV cache and by recomputing the whole
-    context each step, same randomly initialised model (speed does not depend on the weights).
-    A bounded (learned) model's context is raised to fit ``prompt_len + new_tokens``."""
+                overrides=None, seed=0, compile=False, runs=("cache", "recompute"), dtype=None, log=print):
+    """Seconds to decode ``new_tokens`` tokens per sequence with the KV cache ("cache") and by
+    recomputing the whole context each step ("recompute"), greedy, same randomly initialised model
+    (speed does not depend on the weights); "hf" times Hugging Face transformers' ``generate`` on a
+    GPT-2 built from the same configuration (no download). A bounded (learned) model's context is
+    raised to fit ``prompt_len + new_tokens``."""
     import torch
     import zoo
     overrides = dict(overrides or {})
     spec = zoo.resolve(model_name, preset, **overrides)
     need = prompt_len + new_tokens
     torch.manual_seed(seed)
-    model = zoo.build_from_spec(spec).to(device).eval()
+    model = zoo.build_from_spec(spec)
     window, bounded = context_window(model)
     if bounded and window < need:
         log(f"block_size raised from {spec['block_size']} to {need}: {model_name}'s learned positions must "
@@ -556,34 +559,75 @@ def bench_cache(model_name="gpt2", preset="char", new_tokens=500, prompt_len=1, 
         overrides["block_size"] = need
         spec = zoo.resolve(model_name, preset, **overrides)
         torch.manual_seed(seed)
-        model = zoo.build_from_spec(spec).to(device).eval()
+        model = zoo.build_from_spec(spec)
+    model = model.to(device=device, dtype=_dtype(dtype)).eval()
     prompt = torch.randint(0, spec["vocab_size"], (batch, prompt_len), generator=torch.Generator().manual_seed(seed))
     res = {"model": model_name, "preset": preset, "block_size": spec["block_size"], "new_tokens": new_tokens,
-           "batch": batch, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+           "prompt_len": prompt_len, "batch": batch, "device": str(device), "dtype": str(model.wte.weight.dtype),
+           "compile": bool(compile), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if str(device).startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name(device)
     outs = {}
+
+    def timed(fn):
+        fn(3)  # warm-up (and compilation)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn(new_tokens)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, time.process_time() - c0, out
+
     for name in runs:
-        for _ in generate(model, prompt.tolist(), 3, top_k=1, use_cache=name != "recompute",
-                          compile=compile and name != "recompute"):  # warm-up (and compilation)
-            pass
-        g = generate(model, prompt.tolist(), new_tokens, top_k=1, use_cache=name != "recompute",
-                     compile=compile and name != "recompute")
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in g:
-            pass
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        outs[name] = g.tokens
-        res[f"{name}_s"] = dt
+        if name == "hf":
+            run = _hf_gpt2_generate(spec, prompt.to(device), device, model.wte.weight.dtype)
+        else:
+            def run(n, name=name):
+                g = generate(model, prompt.tolist(), n, top_k=1, use_cache=name != "recompute",
+                             compile=compile and name != "recompute")
+                for _ in g:
+                    pass
+                return g.tokens
+        dt, cpu, outs[name] = timed(run)
+        res[f"{name}_s"], res[f"{name}_cpu_s"] = dt, cpu
         res[f"{name}_tok_s"] = batch * new_tokens / dt
-        log(f"{name:>9}: {dt:8.2f} s  {batch * new_tokens / dt:9.1f} tok/s")
+        log(f"{name:>9}: {dt:8.2f} s wall  {batch * new_tokens / dt:9.1f} tok/s  ({cpu:.2f} s of CPU time)")
     if "cache_s" in res and "recompute_s" in res:
         res["speedup"] = res["recompute_s"] / res["cache_s"]
+        res["speedup_cpu_time"] = res["recompute_cpu_s"] / res["cache_cpu_s"]
         res["same_tokens"] = outs["cache"] == outs["recompute"]
-        log(f"  speedup: {res['speedup']:.1f}x (greedy tokens identical: {res['same_tokens']})")
+        log(f"  speedup: {res['speedup']:.1f}x wall, {res['speedup_cpu_time']:.1f}x CPU time "
+            f"(greedy tokens identical: {res['same_tokens']})")
+    if "cache_s" in res and "hf_s" in res:
+        res["vs_hf"] = res["hf_s"] / res["cache_s"]
+        log(f"  zoo / transformers decode speed: {res['vs_hf']:.2f}x")
     return res
+
+
+def _hf_gpt2_generate(spec, prompt, device, dtype):
+    """A function n -> tokens running transformers' greedy ``generate`` for n new tokens on GPT-2
+    built from ``spec``'s sizes (random weights; only the speed is compared)."""
+    import torch
+    att, pe, ffn = spec["attention"]["name"], spec["posenc"]["name"], spec["ffn"]["name"]
+    if (att, pe, ffn) != ("mha", "learned", "mlp"):
+        raise ZooError(f"the transformers comparison needs GPT-2's components (mha, learned, mlp); "
+                       f"{spec['name']!r} has {att}, {pe}, {ffn}. Use --model gpt2.")
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise ZooError("the transformers comparison needs Hugging Face transformers: pip install transformers") from None
+    cfg = GPT2Config(vocab_size=spec["vocab_size"], n_positions=spec["block_size"], n_embd=spec["d_model"],
+                     n_layer=spec["n_layers"], n_head=spec["n_heads"], resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    hf = GPT2LMHeadModel(cfg).to(device=device, dtype=dtype).eval()
+
+    def run(n):
+        with torch.no_grad():
+            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=0)
+        return out[:, prompt.shape[1]:].tolist()
+    return run
 
 
 def main(argv=None):
@@ -600,7 +644,10 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
                                                 "shared machine 1 avoids stalls of an oversubscribed thread pool")
-    p.add_argument("--only", choices=["cache", "recompute"])
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default float32)")
+    p.add_argument("--only", choices=["cache", "recompute"], help="time one decoder only")
+    p.add_argument("--hf", action="store_true", help="also time transformers' generate on the same GPT-2 "
+                                                     "configuration (needs transformers)")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     args = p.parse_args(argv)
     from .manifest import parse_override
@@ -610,7 +657,8 @@ def main(argv=None):
     try:
         res = bench_cache(args.model, args.preset, args.new_tokens, args.prompt_len, args.batch, _device(args.device),
                           dict(parse_override(s) for s in args.set or []), compile=args.compile,
-                          runs=[args.only] if args.only else ("cache", "recompute"))
+                          runs=([args.only] if args.only else ["cache", "recompute"]) + (["hf"] if args.hf else []),
+                          dtype=args.dtype)
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2

@@ -93,6 +93,15 @@ def test_cached_decoding_gives_the_tokens_of_full_recomputation(name):
     assert a.stop_reason == ["length", "length"]
 
 
+def test_an_attention_without_a_cache_is_recomputed():
+    model = _tiny("gpt2-rope-gqa")
+    ref = _greedy(model, [[1, 2]], 8)
+    for b in model.blocks:
+        b.attn.new_cache = None  # as a third-party attention that offers no cache
+    g = _greedy(model, [[1, 2]], 8)
+    assert not g.use_cache and g.tokens == ref.tokens
+
+
 def test_a_batch_gives_what_each_prompt_gives_alone():
     model = _tiny("gpt2-alibi")
     prompts = [[3], [5, 9, 2, 7, 1], [8, 8]]
@@ -312,3 +321,12 @@ def test_bench_runs_both_decoders():
     """The benchmark's code path (its figures are recorded in docs/generate.md, not asserted)."""
     res = bench_cache("gpt2", "tiny", new_tokens=40, log=lambda *a: None)
     assert res["block_size"] == 41 and res["same_tokens"] and res["cache_s"] > 0 and res["recompute_s"] > 0
+
+
+def test_bench_transformers_comparison_code_path():
+    """The transformers comparison of the GPU benchmark, run small on the CPU (figures not asserted)."""
+    pytest.importorskip("transformers", reason="Hugging Face transformers is not installed (pip install transformers)")
+    res = bench_cache("gpt2", "tiny", new_tokens=8, runs=("cache", "hf"), log=lambda *a: None)
+    assert res["hf_s"] > 0 and res["vs_hf"] > 0
+    with pytest.raises(ZooError, match="GPT-2's components"):
+        bench_cache("llama", "tiny", new_tokens=4, runs=("hf",), log=lambda *a: None)
