@@ -137,6 +137,7 @@ class MoE(nn.Module):
             comp = zoo.get_registry().get("ffn", self.form)
             params = fill_defaults(comp.params_schema, expert.get("params", {}))
             self.experts = nn.ModuleList(comp.cls(dims, **params) for _ in range(n_experts))
+            self.hidden, self.b_in, self.b_out = None, None, None
         self.shared = None
         if n_shared:
             from zoo_plugins.ffn.swiglu import SwiGLU
