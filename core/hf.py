@@ -178,6 +178,124 @@ def read_weights(src: Path) -> dict:
                    f"model.safetensors.index.json, or pytorch_model.bin).")
 
 
+# ---- tensor operations of a mapping: forward (HF tensors -> zoo tensor) and inverse ---------------
+
+class Copy:
+    def fwd(self, parts):
+        return parts[0]
+
+    def inv(self, t):
+        return [t]
+
+
+class T(Copy):
+    """Conv1D (in, out) <-> nn.Linear (out, in)."""
+
+    def fwd(self, parts):
+        if parts[0].dim() != 2:
+            raise ValueError(f"expected a matrix, got shape {tuple(parts[0].shape)}")
+        return parts[0].t()
+
+    def inv(self, t):
+        return [t.t()]
+
+
+class Cat(Copy):
+    """Separate projections <-> one fused projection (rows concatenated)."""
+
+    def __init__(self, sizes):
+        self.sizes = list(sizes)
+
+    def fwd(self, parts):
+        if [p.shape[0] for p in parts] != self.sizes or len({p.shape[1:] for p in parts}) != 1:
+            raise ValueError(f"shapes {[tuple(p.shape) for p in parts]} do not stack into rows {self.sizes}")
+        return torch_cat(parts)
+
+    def inv(self, t):
+        return list(t.split(self.sizes, dim=0))
+
+
+class Zeros(Copy):
+    """A zoo buffer with no Hugging Face counterpart that starts at zero (MoE routing bias)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def fwd(self, parts):
+        import torch
+        return torch.zeros(self.shape)
+
+    def inv(self, t):
+        if t.abs().max() != 0:
+            raise ValueError("is not zero, and the Hugging Face architecture has no place for it")
+        return []
+
+
+class ExpertsIn(Copy):
+    """Per-expert gate and up (H, C) each, listed g0, u0, g1, u1, ... <-> stacked (E, C, 2H)."""
+
+    def fwd(self, parts):
+        import torch
+        return torch.stack([torch_cat(parts[i:i + 2]).t() for i in range(0, len(parts), 2)])  # (E, C, 2H)
+
+    def inv(self, t):
+        out = []
+        for w in t:  # (C, 2H)
+            out += list(w.t().chunk(2, dim=0))  # gate (H, C), up (H, C)
+        return out
+
+
+class ExpertsOut(Copy):
+    """Per-expert down (C, H) <-> stacked (E, H, C)."""
+
+    def fwd(self, parts):
+        import torch
+        return torch.stack([p.t() for p in parts])  # (E, H, C)
+
+    def inv(self, t):
+        return [w.t() for w in t]
+
+
+class RopeRows(Copy):
+    """Rows of a projection whose rotary part is laid out in interleaved pairs (x0, x1), (x2, x3), ...
+    (DeepSeek's complex-number rope) <-> the half-split layout of the rope component (x0..x_{r/2-1},
+    then their partners). Rows form groups of ``group`` (a head); in each, rows offset..offset+rope
+    are the rotary part. Permuting the rows of both q and k leaves every dot product unchanged."""
+
+    def __init__(self, group, offset, rope):
+        import torch
+        self.group, self.offset = group, offset
+        self.perm = torch.cat([torch.arange(0, rope, 2), torch.arange(1, rope, 2)])  # half-split <- interleaved
+        self.back = self.perm.argsort()
+
+    def _apply(self, t, perm):
+        g = t.reshape(-1, self.group, *t.shape[1:]).clone()  # (n_groups, group, ...)
+        r = g[:, self.offset:self.offset + len(perm)]
+        g[:, self.offset:self.offset + len(perm)] = r[:, perm]
+        return g.reshape(t.shape)
+
+    def fwd(self, parts):
+        if parts[0].shape[0] % self.group:
+            raise ValueError(f"shape {tuple(parts[0].shape)} does not split into groups of {self.group} rows")
+        return self._apply(parts[0], self.perm)
+
+    def inv(self, t):
+        return [self._apply(t, self.back)]
+
+
+def swiglu_hidden(params, d_model):
+    """The hidden width of a swiglu ffn (its own default when ``hidden`` is not set)."""
+    if params.get("hidden"):
+        return params["hidden"]
+    m = params.get("multiple_of", 64)
+    return -(-int(8 * d_model / 3) // m) * m
+
+
+def torch_cat(parts):
+    import torch
+    return torch.cat(parts, dim=0)
+
+
 # ---- architectures ------------------------------------------------------------------------------
 
 def _need(cfg, key, arch):
@@ -196,6 +314,7 @@ class GPT2:
 
     model_type = "gpt2"
     architecture = "GPT2LMHeadModel"
+    probe = "transformer.wte.weight"
 
     @staticmethod
     def entry(cfg):
@@ -228,18 +347,18 @@ class GPT2:
 
     @staticmethod
     def tensors(spec, names):
-        """[(zoo name, [hf names], op)]; op: copy | t (transpose) | cat (dim 0)."""
+        """([(zoo name, [hf names], op)], HF names to ignore); op: a Copy (forward and inverse)."""
         p = "transformer." if any(n.startswith("transformer.") for n in names) else ""
-        out = [("wte.weight", [p + "wte.weight"], "copy"), ("posenc.wpe.weight", [p + "wpe.weight"], "copy")]
+        out = [("wte.weight", [p + "wte.weight"], Copy()), ("posenc.wpe.weight", [p + "wpe.weight"], Copy())]
         for i in range(spec["n_layers"]):
             h, b = f"{p}h.{i}.", f"blocks.{i}."
-            for z, n, op in (("norm1", "ln_1", "copy"), ("attn.qkv", "attn.c_attn", "t"), ("attn.proj", "attn.c_proj", "t"),
-                             ("norm2", "ln_2", "copy"), ("ffn.fc", "mlp.c_fc", "t"), ("ffn.proj", "mlp.c_proj", "t")):
+            for z, n, op in (("norm1", "ln_1", Copy()), ("attn.qkv", "attn.c_attn", T()), ("attn.proj", "attn.c_proj", T()),
+                             ("norm2", "ln_2", Copy()), ("ffn.fc", "mlp.c_fc", T()), ("ffn.proj", "mlp.c_proj", T())):
                 out.append((f"{b}{z}.weight", [f"{h}{n}.weight"], op))
-                out.append((f"{b}{z}.bias", [f"{h}{n}.bias"], "copy"))
-        out += [("norm_f.weight", [p + "ln_f.weight"], "copy"), ("norm_f.bias", [p + "ln_f.bias"], "copy")]
+                out.append((f"{b}{z}.bias", [f"{h}{n}.bias"], Copy()))
+        out += [("norm_f.weight", [p + "ln_f.weight"], Copy()), ("norm_f.bias", [p + "ln_f.bias"], Copy())]
         if not spec["tie_weights"]:
-            out.append(("lm_head.weight", ["lm_head.weight"], "copy"))
+            out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
         ignored = {n for n in names if re.fullmatch(re.escape(p) + r"h\.\d+\.attn\.(masked_)?bias", n)}
         if spec["tie_weights"]:
             ignored.add("lm_head.weight")  # transformers ties it to wte and ignores a stored copy
@@ -285,6 +404,7 @@ class Llama:
 
     model_type = "llama"
     architecture = "LlamaForCausalLM"
+    probe = "model.embed_tokens.weight"
     ROPE_TYPES = ("default", "linear", "llama3")
 
     @classmethod
@@ -336,25 +456,39 @@ class Llama:
                 "vocab_size": _need(cfg, "vocab_size", arch)}
         return entry, dims
 
-    @staticmethod
-    def tensors(spec, names):
+    @classmethod
+    def tensors(cls, spec, names):
         p = "model." if any(n.startswith("model.") for n in names) else ""
-        out = [("wte.weight", [p + "embed_tokens.weight"], "copy")]
+        out = [("wte.weight", [p + "embed_tokens.weight"], Copy())]
         for i in range(spec["n_layers"]):
             h, b = f"{p}layers.{i}.", f"blocks.{i}."
-            out += [(b + "norm1.weight", [h + "input_layernorm.weight"], "copy"),
-                    (b + "attn.qkv.weight", [h + f"self_attn.{x}_proj.weight" for x in "qkv"], "cat"),
-                    (b + "attn.proj.weight", [h + "self_attn.o_proj.weight"], "copy"),
-                    (b + "norm2.weight", [h + "post_attention_layernorm.weight"], "copy"),
-                    (b + "ffn.gate_up.weight", [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"], "cat"),
-                    (b + "ffn.down.weight", [h + "mlp.down_proj.weight"], "copy")]
-        out.append(("norm_f.weight", [p + "norm.weight"], "copy"))
+            out += [(b + "norm1.weight", [h + "input_layernorm.weight"], Copy()),
+                    (b + "norm2.weight", [h + "post_attention_layernorm.weight"], Copy())]
+            out += cls.attention_plan(spec, i, h + "self_attn.", b + "attn.")
+            out += cls.ffn_plan(spec, i, h, b + "ffn.")
+        out.append(("norm_f.weight", [p + "norm.weight"], Copy()))
         ignored = {n for n in names if n.endswith("rotary_emb.inv_freq")}
         if spec["tie_weights"]:
             ignored.add("lm_head.weight")
         else:
-            out.append(("lm_head.weight", ["lm_head.weight"], "copy"))
+            out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
         return out, ignored
+
+    @staticmethod
+    def attention_plan(spec, i, h, b):
+        from .manifest import dims_of
+        import zoo
+        a = spec["attention"]
+        kv = zoo.get_registry().get("attention", a["name"]).cls.kv_heads(dims_of(spec), a["params"])
+        hd = spec["d_model"] // spec["n_heads"]
+        return [(b + "qkv.weight", [h + f"{x}_proj.weight" for x in "qkv"], Cat([spec["n_heads"] * hd, kv * hd, kv * hd])),
+                (b + "proj.weight", [h + "o_proj.weight"], Copy())]
+
+    @staticmethod
+    def ffn_plan(spec, i, h, b):
+        hidden = swiglu_hidden(spec["ffn"]["params"], spec["d_model"])
+        return [(b + "gate_up.weight", [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"], Cat([hidden, hidden])),
+                (b + "down.weight", [h + "mlp.down_proj.weight"], Copy())]
 
     @staticmethod
     def matches(spec):
@@ -384,7 +518,7 @@ class Llama:
                            "Face architecture here.")
         cfg = {"architectures": ["MistralForCausalLM" if window else "LlamaForCausalLM"], "model_type": mt,
                "vocab_size": spec["vocab_size"], "hidden_size": spec["d_model"],
-               "intermediate_size": None, "num_hidden_layers": spec["n_layers"],
+               "intermediate_size": swiglu_hidden(spec["ffn"]["params"], spec["d_model"]), "num_hidden_layers": spec["n_layers"],
                "num_attention_heads": spec["n_heads"], "num_key_value_heads": kv,
                "head_dim": spec["d_model"] // spec["n_heads"], "hidden_act": "silu",
                "max_position_embeddings": spec["block_size"], "rms_norm_eps": spec.get("norm_eps", 1e-6),
@@ -405,8 +539,214 @@ class Mistral(Llama):
     architecture = "MistralForCausalLM"
 
 
-ARCHS = {a.model_type: a for a in (GPT2, Llama, Mistral)}
-EXPORTABLE = (GPT2, Llama)
+class Mixtral(Llama):
+    """Mixtral (Jiang et al. 2024): Mistral's attention, a sparse MoE of SwiGLU experts in every layer
+    (softmax router, top-k renormalised), no shared experts."""
+
+    model_type = "mixtral"
+    architecture = "MixtralForCausalLM"
+
+    @classmethod
+    def entry(cls, cfg):
+        entry, dims = super().entry(cfg)
+        E, k = _need(cfg, "num_local_experts", "mixtral"), _need(cfg, "num_experts_per_tok", "mixtral")
+        entry["ffn"] = {"name": "moe", "params": {
+            "n_experts": E, "top_k": k, "n_shared": 0,
+            "expert": {"name": "swiglu", "params": {"hidden": _need(cfg, "intermediate_size", "mixtral")}},
+            "score": "softmax", "norm_topk": True, "balance": "aux_loss",
+            "aux_loss_coef": float(cfg.get("router_aux_loss_coef", 0.001))}}
+        return entry, dims
+
+    @staticmethod
+    def ffn_plan(spec, i, h, b):
+        p = spec["ffn"]["params"]
+        E, m = p["n_experts"], h + "block_sparse_moe."
+        return [(b + "router.weight", [m + "gate.weight"], Copy()),
+                (b + "route_bias", [], Zeros((E,))),
+                (b + "w_in", [m + f"experts.{e}.{w}.weight" for e in range(E) for w in ("w1", "w3")], ExpertsIn()),
+                (b + "w_out", [m + f"experts.{e}.w2.weight" for e in range(E)], ExpertsOut())]
+
+    @staticmethod
+    def matches(spec):
+        f = spec["ffn"]
+        why = [w for w in Llama.matches({**spec, "ffn": {"name": "swiglu", "params": {}}})]
+        p = f["params"]
+        if f["name"] != "moe":
+            why.append("ffn is not moe")
+        elif ((p.get("expert") or {}).get("name") != "swiglu" or p.get("n_shared") or p.get("score") != "softmax"
+              or not p.get("norm_topk") or p.get("capacity_factor") or p.get("expert_hidden_mult")):
+            why.append("moe is not Mixtral's (swiglu experts, softmax, renormalised top-k, no shared experts, dropless)")
+        return why
+
+    @staticmethod
+    def config(spec, base):
+        cfg = Llama.config({**spec, "ffn": {"name": "swiglu", "params": {}}}, base)
+        p = spec["ffn"]["params"]
+        cfg.update(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=p["n_experts"],
+                   num_experts_per_tok=p["top_k"], intermediate_size=p["expert"]["params"]["hidden"],
+                   router_aux_loss_coef=p.get("aux_loss_coef", 0.001), router_jitter_noise=0.0,
+                   sliding_window=spec["attention"]["params"].get("window"))
+        cfg.pop("attention_bias", None), cfg.pop("mlp_bias", None)
+        if "rope_scaling" in cfg:
+            raise ZooError("cannot export: rope scaling on a Mixtral-shaped model has no Hugging Face counterpart here.")
+        return cfg
+
+
+class DeepseekV2(Llama):
+    """DeepSeek-V2 (DeepSeek-AI 2024): multi-head latent attention, and a MoE with shared experts in
+    every layer from ``first_k_dense_replace`` on (the first layers dense SwiGLU, a ``layers``
+    override). Its rope rotates interleaved pairs; the rotary rows of the query and key projections
+    are permuted into the rope component's half-split layout."""
+
+    model_type = "deepseek_v2"
+    architecture = "DeepseekV2ForCausalLM"
+    probe = "model.embed_tokens.weight"
+
+    @classmethod
+    def entry(cls, cfg):
+        arch = "deepseek_v2"
+        rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rtype = rp.get("rope_type", rp.get("type", "default"))
+        if rtype != "default":
+            _refuse(arch, f"rope scaling type {rtype!r} (DeepSeek-V2's released checkpoints use yarn)",
+                    "the rope component has linear and llama3 scaling, not yarn with its attention mscale")
+        if cfg.get("topk_method", "greedy") != "greedy":
+            _refuse(arch, f"topk_method={cfg['topk_method']!r}", "the moe ffn routes greedily, without device groups")
+        if float(cfg.get("routed_scaling_factor", 1.0)) != 1.0:
+            _refuse(arch, f"routed_scaling_factor={cfg['routed_scaling_factor']}", "the moe ffn does not scale its output")
+        if cfg.get("moe_layer_freq", 1) != 1:
+            _refuse(arch, f"moe_layer_freq={cfg['moe_layer_freq']}")
+        if cfg.get("norm_topk_prob"):
+            _refuse(arch, "norm_topk_prob=true", "DeepSeek's reference code renormalises the top-k weights but "
+                    "transformers ignores the flag, so the two disagree and the zoo does not guess")
+        if float(cfg.get("rms_norm_eps", 1e-6)) != 1e-6:
+            _refuse(arch, f"rms_norm_eps={cfg['rms_norm_eps']}", "the mla attention's latent norms use 1e-6")
+        for key in ("attention_bias", "mlp_bias"):
+            if cfg.get(key):
+                _refuse(arch, f"{key}=true")
+        if cfg.get("hidden_act", "silu") != "silu":
+            _refuse(arch, f"hidden_act={cfg['hidden_act']!r}")
+        d, h = _need(cfg, "hidden_size", arch), _need(cfg, "num_attention_heads", arch)
+        att = {"kv_lora_rank": _need(cfg, "kv_lora_rank", arch), "q_lora_rank": cfg.get("q_lora_rank"),
+               "qk_nope_head_dim": _need(cfg, "qk_nope_head_dim", arch),
+               "qk_rope_head_dim": _need(cfg, "qk_rope_head_dim", arch), "v_head_dim": _need(cfg, "v_head_dim", arch)}
+        dense = {"name": "swiglu", "params": {"hidden": _need(cfg, "intermediate_size", arch)}}
+        E = cfg.get("n_routed_experts")
+        entry = {"description": "deepseek_v2 imported from Hugging Face",
+                 "attention": {"name": "mla", "params": att},
+                 "posenc": {"name": "rope", "params": {"theta": float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))}},
+                 "ffn": dense, "norm": "rmsnorm", "bias": False,
+                 "tie_weights": bool(cfg.get("tie_word_embeddings", False)), "norm_eps": 1e-6}
+        n_layers = _need(cfg, "num_hidden_layers", arch)
+        k_dense = int(cfg.get("first_k_dense_replace") or 0)
+        if E and k_dense < n_layers:
+            entry["ffn"] = {"name": "moe", "params": {
+                "n_experts": E, "top_k": _need(cfg, "num_experts_per_tok", arch),
+                "n_shared": int(cfg.get("n_shared_experts") or 0),
+                "expert": {"name": "swiglu", "params": {"hidden": _need(cfg, "moe_intermediate_size", arch)}},
+                "score": "softmax", "norm_topk": False, "balance": "aux_loss",
+                "aux_loss_coef": float(cfg.get("aux_loss_alpha", 0.001))}}
+            if k_dense:
+                entry["layers"] = [{"to": k_dense, "ffn": dense}]
+        dims = {"n_layers": n_layers, "n_heads": h, "d_model": d,
+                "block_size": int(cfg.get("max_position_embeddings") or 2048), "vocab_size": _need(cfg, "vocab_size", arch)}
+        return entry, dims
+
+    @staticmethod
+    def sizes(spec):
+        """(kv_lora_rank, q_lora_rank, nope, rope, v_head_dim) as the mla component resolves its defaults."""
+        import torch
+        import zoo
+        from .manifest import dims_of
+        a = spec["attention"]
+        with torch.device("meta"):
+            m = zoo.get_registry().get("attention", a["name"]).cls(dims_of(spec), **a["params"])
+        return m.rank, m.q_rank, m.nope, m.rope, m.v_dim
+
+    @staticmethod
+    def expert_hidden(spec, p):
+        if p.get("expert_hidden_mult"):
+            return -(-int(p["expert_hidden_mult"] * spec["d_model"]) // 8) * 8
+        return swiglu_hidden(p["expert"].get("params", {}), spec["d_model"])
+
+    @classmethod
+    def attention_plan(cls, spec, i, h, b):
+        r, q_rank, nope, rope, _ = cls.sizes(spec)
+        q_rows = RopeRows(nope + rope, nope, rope)
+        if q_rank:
+            q = [(b + "wq_a.weight", [h + "q_a_proj.weight"], Copy()),
+                 (b + "q_norm.weight", [h + "q_a_layernorm.weight"], Copy()),
+                 (b + "wq_b.weight", [h + "q_b_proj.weight"], q_rows)]
+        else:
+            q = [(b + "wq.weight", [h + "q_proj.weight"], q_rows)]
+        return q + [(b + "wkv_a.weight", [h + "kv_a_proj_with_mqa.weight"], RopeRows(r + rope, r, rope)),
+                    (b + "kv_norm.weight", [h + "kv_a_layernorm.weight"], Copy()),
+                    (b + "wkv_b.weight", [h + "kv_b_proj.weight"], Copy()),
+                    (b + "proj.weight", [h + "o_proj.weight"], Copy())]
+
+    @classmethod
+    def ffn_plan(cls, spec, i, h, b):
+        from .manifest import layer_components
+        f = layer_components(spec, i)["ffn"]
+        if f["name"] == "swiglu":
+            return Llama.ffn_plan({**spec, "ffn": f}, i, h, b)
+        p, m = f["params"], h + "mlp."
+        E = p["n_experts"]
+        out = [(b + "router.weight", [m + "gate.weight"], Copy()),
+               (b + "route_bias", [], Zeros((E,))),
+               (b + "w_in", [m + f"experts.{e}.{w}_proj.weight" for e in range(E) for w in ("gate", "up")], ExpertsIn()),
+               (b + "w_out", [m + f"experts.{e}.down_proj.weight" for e in range(E)], ExpertsOut())]
+        if p.get("n_shared"):
+            hs = p["n_shared"] * cls.expert_hidden(spec, p)
+            out += [(b + "shared.gate_up.weight", [m + "shared_experts.gate_proj.weight", m + "shared_experts.up_proj.weight"],
+                     Cat([hs, hs])),
+                    (b + "shared.down.weight", [m + "shared_experts.down_proj.weight"], Copy())]
+        return out
+
+    @classmethod
+    def matches(cls, spec):
+        a, pe, f = spec["attention"], spec["posenc"], spec["ffn"]
+        why = []
+        if a["name"] != "mla":
+            why.append("attention is not mla")
+        if pe["name"] != "rope" or pe["params"].get("rotary_fraction", 1.0) != 1.0 or pe["params"].get("scaling"):
+            why.append("posenc is not unscaled full rope")
+        p = f["params"]
+        if f["name"] != "moe" or (p.get("expert") or {}).get("name") != "swiglu" or p.get("score") != "softmax" \
+                or (p.get("norm_topk") and p.get("top_k", 2) > 1) or p.get("capacity_factor"):
+            why.append("ffn is not DeepSeek's moe (swiglu experts, softmax, top-k not renormalised, dropless)")
+        layers = spec.get("layers") or []
+        if layers and not (len(layers) == 1 and set(layers[0]) - {"description"} == {"to", "ffn"}
+                           and layers[0]["ffn"]["name"] == "swiglu"):
+            why.append("layers is not one dense swiglu override of the first layers")
+        if spec["norm"] != "rmsnorm" or spec["bias"] or spec.get("norm_eps", 1e-6) != 1e-6:
+            why.append("norm is not RMSNorm (eps 1e-6) without biases")
+        return why
+
+    @classmethod
+    def config(cls, spec, base):
+        r, q_rank, nope, rope, v = cls.sizes(spec)
+        p = spec["ffn"]["params"]
+        layers = spec.get("layers") or []
+        k = layers[0]["to"] if layers else 0
+        dense = layers[0]["ffn"]["params"] if layers else {}
+        return {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+                "vocab_size": spec["vocab_size"], "hidden_size": spec["d_model"],
+                "intermediate_size": swiglu_hidden(dense, spec["d_model"]),
+                "moe_intermediate_size": cls.expert_hidden(spec, p), "num_hidden_layers": spec["n_layers"],
+                "num_attention_heads": spec["n_heads"], "num_key_value_heads": spec["n_heads"],
+                "n_routed_experts": p["n_experts"], "n_shared_experts": p.get("n_shared", 0),
+                "num_experts_per_tok": p["top_k"], "first_k_dense_replace": k, "moe_layer_freq": 1,
+                "kv_lora_rank": r, "q_lora_rank": q_rank, "qk_nope_head_dim": nope, "qk_rope_head_dim": rope,
+                "v_head_dim": v, "max_position_embeddings": spec["block_size"], "rms_norm_eps": 1e-6,
+                "rope_theta": spec["posenc"]["params"].get("theta", 10000.0),
+                "tie_word_embeddings": spec["tie_weights"], "topk_method": "greedy", "routed_scaling_factor": 1.0,
+                "norm_topk_prob": False, "aux_loss_alpha": p.get("aux_loss_coef", 0.001), "attention_bias": False,
+                "hidden_act": "silu", "attention_dropout": 0.0}
+
+
+ARCHS = {a.model_type: a for a in (GPT2, Llama, Mistral, Mixtral, DeepseekV2)}
+EXPORTABLE = (GPT2, Mixtral, DeepseekV2, Llama)
 
 
 def arch_for(cfg: dict):
@@ -454,34 +794,23 @@ def convert_to_zoo(spec: dict, hf: dict, arch, dtype=None) -> dict:
         if missing:
             problems.append(f"missing tensor {missing[0]!r}")
             continue
-        parts = []
-        for h in hnames:
-            t = hf[h]
-            if not t.is_floating_point():
-                problems.append(f"tensor {h!r} has dtype {t.dtype}, not a float dtype")
-            parts.append(t)
         used.update(hnames)
-        if problems:
+        bad = [h for h in hnames if not hf[h].is_floating_point()]
+        if bad:
+            problems.append(f"tensor {bad[0]!r} has dtype {hf[bad[0]].dtype}, not a float dtype")
             continue
-        if op == "t":
-            if parts[0].dim() != 2:
-                problems.append(f"tensor {hnames[0]!r} has shape {tuple(parts[0].shape)}, expected a matrix")
-                continue
-            t = parts[0].t()
-        elif op == "cat":
-            if len({p.shape[1:] for p in parts}) != 1:
-                problems.append(f"tensors {hnames} have shapes {[tuple(p.shape) for p in parts]} that do not stack")
-                continue
-            t = torch.cat(parts, dim=0)
-        else:
-            t = parts[0]
+        src = "(none)" if not hnames else hnames[0] if len(hnames) == 1 else f"{hnames[0]} (+{len(hnames) - 1})"
+        try:
+            t = op.fwd([hf[h] for h in hnames])
+        except ValueError as e:
+            problems.append(f"tensor {src!r}: {e}")
+            continue
         if zname not in want:
-            problems.append(f"the zoo model has no tensor {zname!r} (mapping from {hnames[0]!r})")
+            problems.append(f"the zoo model has no tensor {zname!r} (mapped from {src!r})")
             continue
         if tuple(t.shape) != tuple(want[zname].shape):
-            src = hnames[0] if len(hnames) == 1 else "+".join(hnames)
-            problems.append(f"tensor {src!r} has shape {tuple(t.shape)}, but the config implies "
-                            f"{tuple(want[zname].shape)} for {zname!r}")
+            problems.append(f"tensor {src!r} has shape {tuple(hf[hnames[0]].shape) if hnames else ()}, which does not give the "
+                            f"{tuple(want[zname].shape)} that the config implies for {zname!r}")
             continue
         sd[zname] = t.to(dtype or torch.float32).contiguous().clone()
     leftover = sorted(set(hf) - used - ignored)
@@ -562,12 +891,11 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
 # ---- export -------------------------------------------------------------------------------------
 
 def export_arch(spec: dict):
-    if spec.get("layers"):
-        raise ZooError("cannot export to Hugging Face: this model sets per-layer components (layers), which "
-                       "no exported architecture has.")
     reasons = {}
     for a in EXPORTABLE:
         why = a.matches(spec)
+        if spec.get("layers") and a is not DeepseekV2:
+            why = why + ["it sets per-layer components (layers)"]
         if not why:
             return a
         reasons[a.model_type] = why
@@ -578,33 +906,16 @@ def export_arch(spec: dict):
 
 def convert_from_zoo(spec: dict, sd: dict, arch) -> dict:
     """The Hugging Face tensors of a zoo state dict: the inverse of :func:`convert_to_zoo`."""
-    import torch
-    # the names as transformers saves them (with the model's prefix)
-    probe = {"transformer.wte.weight"} if arch is GPT2 else {"model.embed_tokens.weight"}
-    plan, _ = arch.tensors(spec, probe)
+    plan, _ = arch.tensors(spec, {arch.probe})  # the names as transformers saves them (with the prefix)
     out = {}
     for zname, hnames, op in plan:
-        t = sd[zname]
-        if op == "t":
-            out[hnames[0]] = t.t().contiguous()
-        elif op == "cat":
-            sizes = _cat_sizes(spec, zname, t)
-            for h, part in zip(hnames, torch.split(t, sizes, dim=0)):
-                out[h] = part.contiguous()
-        else:
-            out[hnames[0]] = t.contiguous()
+        try:
+            parts = op.inv(sd[zname])
+        except ValueError as e:
+            raise ZooError(f"cannot export {zname!r}: it {e}.") from None
+        for h, t in zip(hnames, parts):
+            out[h] = t.contiguous()
     return out
-
-
-def _cat_sizes(spec, zname, t):
-    if zname.endswith("attn.qkv.weight"):
-        from .manifest import dims_of
-        import zoo
-        a = spec["attention"]
-        kv = zoo.get_registry().get("attention", a["name"]).cls.kv_heads(dims_of(spec), a["params"])
-        hd = spec["d_model"] // spec["n_heads"]
-        return [spec["n_heads"] * hd, kv * hd, kv * hd]
-    return [t.shape[0] // 2, t.shape[0] // 2]  # gate, up
 
 
 def export_hf(run, out, force: bool = False) -> Path:
@@ -619,8 +930,6 @@ def export_hf(run, out, force: bool = False) -> Path:
         spec, sd = merged_state_dict(ckpt)
     arch = export_arch(spec)
     cfg = arch.config(spec, ckpt.get("hf", {}).get("config"))
-    if "intermediate_size" in cfg:
-        cfg["intermediate_size"] = sd["blocks.0.ffn.down.weight"].shape[1]
     dtype = next(iter(sd.values())).dtype
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     base = (ckpt.get("hf") or {}).get("config") or {}
