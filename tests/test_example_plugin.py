@@ -1,7 +1,8 @@
 """The example third-party package, examples/zoo-relu2, pip-installed into a virtual environment
 beside the zoo: the zoo discovers it with nothing but ``pip install``, runs the conformance kit on
-it, builds its named model and records it in checkpoints; after ``pip uninstall`` the component is
-gone, the zoo still works, and a checkpoint that needs it says what to install.
+it, ``zoo train`` runs its named model for a few steps and ``zoo generate`` samples from the run,
+whose checkpoint records the plugin; after ``pip uninstall`` the component is gone, the zoo still
+works, and the checkpoint says what to install.
 
 The venv (see conftest.PluginVenv) sees this interpreter's zoo; the package is installed only in
 the venv, so this interpreter not seeing it shows the discovery comes from the installed metadata.
@@ -75,36 +76,38 @@ def test_its_own_tests_pass(plugin_venv, installed):
     assert " passed" in p.stdout and "failed" not in p.stdout
 
 
-CKPT_SCRIPT = """
-import json, sys, torch, zoo
-from zoo.checkpoint import plugins_of, save_checkpoint
-spec = zoo.resolve("gpt2-relu2", "tiny")
-model = zoo.build_from_spec(spec)
-save_checkpoint(sys.argv[1], {"model": model.state_dict(), "spec": spec, "plugins": plugins_of(spec), "step": 0})
-print(json.dumps(plugins_of(spec)))
-"""
-
-LOAD_SCRIPT = """
-import sys
-from zoo.checkpoint import load_checkpoint, model_from_checkpoint
-from zoo.errors import ZooError
-try:
-    model = model_from_checkpoint(load_checkpoint(sys.argv[1]))
-except ZooError as e:
-    print("ZooError:", e)
-else:
-    print("loaded", type(model.blocks[0].ffn).__name__)
-"""
+TEXT = "".join(f"{i} the quick brown fox jumps over the lazy dog; ROMEO: what light through yonder window breaks?\n"
+               for i in range(300))
 
 
-def test_uninstall_removes_it_and_its_checkpoints_say_what_to_install(plugin_venv, installed, tmp_path):
-    ckpt = tmp_path / "ckpt.pt"
-    p = plugin_venv.run("-c", CKPT_SCRIPT, ckpt)
+@pytest.fixture(scope="module")
+def run_dir(plugin_venv, installed, tmp_path_factory):
+    """A few training steps of the package's named model with `zoo train`, on a small text file."""
+    work = tmp_path_factory.mktemp("train")
+    (work / "text.txt").write_text(TEXT)
+    p = plugin_venv.zoo("train", "gpt2-relu2", "--preset", "tiny", "--data", work / "text.txt", "--max-iters", "4",
+                        "--batch-size", "4", "--eval-interval", "4", "--eval-iters", "1", "--log-interval", "1",
+                        "--sample-tokens", "0", "--device", "cpu", "--out", work / "runs", "--run-id", "r1", cwd=work)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "step 4/4" in p.stdout + p.stderr, p.stdout + p.stderr  # the trainer logs to stderr
+    return work / "runs" / "gpt2-relu2" / "r1"
+
+
+def test_zoo_train_runs_its_named_model_and_records_the_plugin(run_dir):
+    import torch
+    ckpt = torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert ckpt["spec"]["ffn"]["name"] == "relu2" and ckpt["step"] == 4
+    assert ckpt["plugins"] == {"zoo": "0.1.0", "zoo-relu2": "0.1.0"}  # which distributions to install
+
+
+def test_zoo_generate_samples_from_it(plugin_venv, run_dir):
+    p = plugin_venv.zoo("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "16", "--seed", "0",
+                        "--device", "cpu")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout) == {"zoo": "0.1.0", "zoo-relu2": "0.1.0"}  # the checkpoint records both
-    p = plugin_venv.run("-c", LOAD_SCRIPT, ckpt)
-    assert p.stdout.strip() == "loaded ReLU2", p.stdout + p.stderr
+    assert p.stdout.startswith("ROMEO:") and len(p.stdout.strip()) >= len("ROMEO:") + 8, p.stdout
 
+
+def test_uninstall_removes_it_and_its_checkpoint_says_what_to_install(plugin_venv, installed, run_dir):
     plugin_venv.pip_uninstall("zoo-relu2")
 
     data, err = _plugins(plugin_venv)
@@ -114,6 +117,6 @@ def test_uninstall_removes_it_and_its_checkpoints_say_what_to_install(plugin_ven
     assert p.returncode == 0 and "gpt2-rope-gqa" in p.stdout and "gpt2-relu2" not in p.stdout, p.stderr
     p = plugin_venv.zoo("show", "gpt2-relu2", "--preset", "tiny")
     assert p.returncode == 2 and "unknown model 'gpt2-relu2'" in p.stderr and "Traceback" not in p.stderr
-    p = plugin_venv.run("-c", LOAD_SCRIPT, ckpt)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("ZooError:") and "ffn 'relu2'" in p.stdout and "zoo-relu2==0.1.0" in p.stdout, p.stdout
+    p = plugin_venv.zoo("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "4", "--device", "cpu")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "ffn 'relu2'" in p.stderr and "zoo-relu2==0.1.0" in p.stderr, p.stderr
