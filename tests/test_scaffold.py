@@ -2,17 +2,32 @@
 its own tests (the conformance kit through parametrize_with_checks, and its named model) as
 generated, for every kind."""
 import ast
+import contextlib
+import io
 import json
-import subprocess
-import sys
+import os
+from types import SimpleNamespace
 
 import pytest
+
+from zoo.cli import main
 
 KINDS = ("attention", "posenc", "ffn")
 
 
 def new_plugin(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "zoo", "new-plugin", *args], capture_output=True, text=True, cwd=cwd)
+    """`zoo new-plugin ARGS` run in the folder cwd (in this process: the CLI's own main)."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(["new-plugin", *args])
+            except SystemExit as e:  # argparse errors
+                rc = e.code
+    finally:
+        os.chdir(here)
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture(scope="module")
