@@ -22,5 +22,6 @@ if ! $PY -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.spli
 fi
 # setuptools >= 64 for editable installs of this layout (core/ -> zoo, plugins/ -> zoo_plugins)
 $PY -m pip install "setuptools>=64" wheel
-$PY -m pip install -e ".[test]"
+# the hf extra (transformers, ~15 s and ~160 MB) lets the parity tests against transformers run
+$PY -m pip install -e ".[test,hf]"
 $PY -m zoo --version
