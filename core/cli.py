@@ -109,7 +109,10 @@ def cmd_plugins(args):
     comps = [c.info() for c in reg.list_components()]
     problems = [{"dist": d, "reason": r} for d, r in reg.problems]
     if args.json:
-        print(json.dumps({"components": comps, "models": {n: {"dist": s.dist, "version": s.version, "origin": s.origin}
+        print(json.dumps({"api_version": zoo.PLUGIN_API_VERSION,
+                          "distributions": {d: {"version": v, "api": reg.api_versions.get(d)}
+                                            for d, v in sorted(reg.dists.items())},
+                          "components": comps, "models": {n: {"dist": s.dist, "version": s.version, "origin": s.origin}
                                                           for n, s in sorted(reg.models.items())},
                           "problems": problems}, indent=2, default=str))
         return
@@ -194,7 +197,7 @@ def build_parser():
     p.add_argument("--strict", action="store_true", help="treat plugin load failures as errors (exit 2)")
     p.add_argument("--manifest", action="append", default=[], metavar="FILE",
                    help="an extra zoo.json-style manifest of your own models (also: ZOO_MANIFEST)")
-    p.add_argument("--version", action="version", version=f"zoo {__import__('zoo').__version__}")
+    p.add_argument("--version", action="version", version=f"zoo {__import__('zoo').__version__} (plugin API {__import__('zoo').PLUGIN_API_VERSION})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("list", help="list named models with their components and size")

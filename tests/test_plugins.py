@@ -121,6 +121,15 @@ def test_each_broken_distribution_is_one_warning_and_the_rest_works(site):
     assert comps[("ffn", "clash-other")]["dist"] == "zoo-clash"  # its other, valid component still loads
     assert not NEVER_REGISTERED & {n for _, n in comps}
     assert data["models"]["gpt2-good"]["dist"] == "zoo-good" and "llama" in data["models"]
+    assert data["api_version"] == PLUGIN_API_VERSION
+    assert data["distributions"]["zoo-good"] == {"version": "1.0", "api": "1.0"}
+    assert data["distributions"]["zoo-clash"] == {"version": "1.0", "api": "1.0"}  # no ZOO_API: 1.0
+    assert "zoo-future-api" not in data["distributions"] and "zoo-broken-import" not in data["distributions"]
+
+
+def test_version_names_the_plugin_api():
+    p = subprocess.run([sys.executable, "-m", "zoo", "--version"], capture_output=True, text=True)
+    assert p.stdout.strip().endswith(f"(plugin API {PLUGIN_API_VERSION})"), p.stdout
 
 
 def test_plugins_table_names_distribution_version_and_failures(site):
