@@ -97,8 +97,13 @@ def check_plugins_available(ckpt: dict, where):
             missing.append(f"{kind} {ref['name']!r}")
     if missing:
         dists = ", ".join(f"{d}=={v}" for d, v in (ckpt.get("plugins") or {}).items())
-        raise ZooError(f"checkpoint {str(where)!r} uses {', '.join(missing)}, which no installed plugin provides. "
-                       f"Install the plugin distributions it was trained with ({dists or 'unknown'}) and retry.")
+        # a distribution it needs may be installed but refused (broken, or built for another plugin API)
+        from .registry import _norm
+        needed = {_norm(d) for d in (ckpt.get("plugins") or {})}
+        failed = "".join(f" {d} is installed but did not load: {r}." for d, r in reg.problems if _norm(d) in needed)
+        raise ZooError(f"checkpoint {str(where)!r} uses {', '.join(missing)}, which no installed plugin provides."
+                       f"{failed} Install the plugin distributions it was trained with ({dists or 'unknown'}) "
+                       f"and retry.")
 
 
 def model_from_checkpoint(ckpt: dict):

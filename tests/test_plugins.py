@@ -247,3 +247,30 @@ def test_docs_list_every_check_of_the_kit():
     section = text.split("## The conformance kit")[1].split("\n## ")[0]
     listed = set(re.findall(r"`(check_[a-z_]+)`", section)) - {"check_component"}
     assert listed == {c.name for c in CHECKS}
+
+
+LOAD_CKPT = """
+import sys
+from zoo.checkpoint import load_checkpoint
+from zoo.errors import ZooError
+try:
+    load_checkpoint(sys.argv[1])
+except ZooError as e:
+    print(e)
+"""
+
+
+def test_a_checkpoint_whose_plugin_is_refused_says_why(site, tmp_path):
+    # trained with zoo-future-api's ffn; that distribution is installed but built for API 2.0
+    import zoo
+    from zoo.checkpoint import save_checkpoint
+    spec = zoo.resolve("gpt2", "tiny")
+    spec["ffn"] = {"name": "future-ffn", "params": {}}
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": {}, "spec": spec, "plugins": {"zoo": "0.1.0", "zoo-future-api": "1.0"}})
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_PLUGINS", "ZOO_MANIFEST")}
+    p = subprocess.run([sys.executable, "-c", LOAD_CKPT, str(tmp_path / "ckpt.pt")], capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": str(site)})
+    assert "uses ffn 'future-ffn', which no installed plugin provides" in p.stdout, p.stdout + p.stderr
+    assert "zoo-future-api is installed but did not load" in p.stdout and "built for zoo plugin API 2.0" in p.stdout
+    assert "zoo-future-api==1.0" in p.stdout
+    assert "zoo-raising-hook" not in p.stdout  # only the distributions the checkpoint needs
