@@ -274,3 +274,26 @@ def test_a_checkpoint_whose_plugin_is_refused_says_why(site, tmp_path):
     assert "zoo-future-api is installed but did not load" in p.stdout and "built for zoo plugin API 2.0" in p.stdout
     assert "zoo-future-api==1.0" in p.stdout
     assert "zoo-raising-hook" not in p.stdout  # only the distributions the checkpoint needs
+
+
+def test_register_a_whole_manifest_and_a_bad_one_is_a_problem_of_its_distribution():
+    import types
+    from zoo.hookspecs import hookimpl
+    from zoo.registry import load_registry
+
+    @hookimpl
+    def good(register):
+        register(None, {"version": 1, "presets": {"wide": {"n_layers": 1, "n_heads": 2, "d_model": 64,
+                                                            "block_size": 16, "vocab_size": 32}},
+                        "models": {"gpt2-wide": {"extends": "gpt2"}}})
+
+    @hookimpl
+    def bad(register):
+        register(None, {"version": 1, "models": {"oops": {"attention": "mha"}}})  # not {"name": ...}
+
+    reg = load_registry(extra_plugins=[(types.SimpleNamespace(register_models=good), "good-models"),
+                                       (types.SimpleNamespace(register_models=bad), "bad-models")])
+    assert reg.models["gpt2-wide"].dist == "good-models" and reg.presets["wide"].dist == "good-models"
+    (problem,) = reg.problems
+    assert problem[0] == "bad-models" and "models.oops.attention" in problem[1], problem
+    assert "oops" not in reg.models
