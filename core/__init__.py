@@ -53,9 +53,13 @@ def build_from_spec(spec: dict, reg=None):
     """Build the ``nn.Module`` of a resolved spec."""
     from .model import Transformer
     reg = reg or get_registry()
-    return Transformer(spec, reg.get("attention", spec["attention"]["name"]).cls,
-                       reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls,
-                       component_cls=lambda kind, name: reg.get(kind, name).cls)
+    model = Transformer(spec, reg.get("attention", spec["attention"]["name"]).cls,
+                        reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls,
+                        component_cls=lambda kind, name: reg.get(kind, name).cls)
+    if spec.get("lora"):  # low-rank adapters on a frozen base (zoo finetune --lora)
+        from .lora import apply_lora
+        apply_lora(model, spec["lora"])
+    return model
 
 
 def build(name: str, preset: str | None = None, **overrides):

@@ -869,6 +869,11 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
     tok_cfg = tokenizer_config_for(src, cfg, tokenizer)
     from .tokenizers import from_config
     tok = from_config(tok_cfg)
+    if tok_cfg.get("type") == "hf":  # ids the config names but the vocabulary lacks (e.g. a default 50256)
+        for k in ("eot", "bos"):
+            if tok_cfg.get(k) is not None and not 0 <= tok_cfg[k] < min(tok.vocab_size, spec["vocab_size"]):
+                tok_cfg[k] = None
+        tok = from_config(tok_cfg)
     if tok.vocab_size > spec["vocab_size"]:
         raise ZooError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary only "
                        f"{spec['vocab_size']}; they do not belong together. Nothing was written.")
@@ -1002,3 +1007,6 @@ def add_cli(sub):
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.set_defaults(fn=cmd_export)
     s.set_defaults(fn=lambda a: (s.print_help(), 2)[1])
+
+    from .lora import add_cli as lora_cli  # zoo finetune and zoo lora, which import and export feed
+    lora_cli(sub)
