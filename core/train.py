@@ -405,7 +405,8 @@ class Trainer:
         from .data import WindowSampler, fixed_batches
         T = spec["block_size"]
         self.sampler = WindowSampler(train_arrays, T, seed=cfg.seed)
-        self.val_batches = fixed_batches(val_arrays, T, cfg.batch_size, cfg.eval_iters)
+        # the same validation windows for any world size at the same global batch
+        self.val_batches = fixed_batches(val_arrays, T, cfg.batch_size, cfg.eval_iters * self.dist.world)
         self.log(f"data: {what}; tokenizer {self.tok.config()['type']} ({self.tok.vocab_size} tokens)")
 
         # run directory
@@ -520,7 +521,7 @@ class Trainer:
                 "sampler": self.sampler.state(), "rng": {"torch": [s[0] for s in states], "cuda": [s[1] for s in states]},
                 "best_val": self.best_val, "evals_since_best": self.evals_since_best, "elapsed": self.elapsed,
                 "world_size": self.dist.world, "zoo_version": __import__("zoo").__version__,
-                "torch_version": torch.__version__,
+                "torch_version": str(torch.__version__),
             }
             save_checkpoint(self.run_dir / CKPT_NAME, payload)
         self.dist.barrier()
@@ -552,7 +553,8 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(log_dir=str(self.run_dir), purge_step=self.step if self.ckpt else None)
+        # on resume, hide what a killed process logged after its last checkpoint
+        return SummaryWriter(log_dir=str(self.run_dir), purge_step=self.step + 1 if self.ckpt else None)
 
     def _write_run_files(self, w):
         from .manifest import resolve_entry
@@ -674,7 +676,7 @@ class Trainer:
                                 w.add_scalar(f"components/{mname}/{k}", float(v), self.step)
                     aux = self.model.aux_loss() if hasattr(self.model, "aux_loss") else None
                     if aux is not None:
-                        w.add_scalar("train/aux_loss", float(aux), self.step)
+                        w.add_scalar("train/aux_loss", float(aux.detach()), self.step)
                 last = self.step == cfg.max_iters
                 if self.step % cfg.eval_interval == 0 or last:
                     v = self.evaluate()
