@@ -2,6 +2,10 @@
 
 Every hook receives a ``register`` callback, in the spirit of simonw/llm. Built-in components
 use exactly these hooks, declared as entry points of the group ``zoo`` in pyproject.toml.
+
+These hooks are part of the versioned plugin API (``zoo.PLUGIN_API_VERSION``); a plugin module or
+its package declares the version it was written for as ``ZOO_API = "1.0"``. docs/plugins.md
+documents the API, with an example per hook.
 """
 import pluggy
 
