@@ -201,6 +201,7 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
     from .train import Progress, Trainer
     base_ckpt = load_checkpoint(run)
     spec = dict(base_ckpt["spec"])
+    reg = zoo.get_registry()
     if spec.get("lora"):
         raise ZooError(f"{str(run)!r} holds LoRA adapters; merge them first (zoo lora merge {run} --out DIR) "
                        f"and fine-tune the merged run, or continue it with zoo train --resume {run}.")
@@ -208,10 +209,13 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
         raise ZooError("zoo finetune does not shard with FSDP; drop --fsdp.")
     base_sd = {k.removeprefix("_orig_mod."): v for k, v in base_ckpt["model"].items()}
     if block_size:
+        pe = spec["posenc"]
+        props = zoo.get_registry().get("posenc", pe["name"]).params_schema.get("properties", {})
+        if "max_len" in props and pe["params"].get("max_len") is None:  # keep a learned table's size
+            spec["posenc"] = {**pe, "params": {**pe["params"], "max_len": spec["block_size"]}}
         spec["block_size"] = block_size
     if lora:
         spec["lora"] = lora_config(lora)
-    reg = zoo.get_registry()
     name = name or f"{spec['name']}-{'lora' if lora else 'ft'}"
     if name in reg.models and reg.models[name].dist != "<finetune>":
         raise ZooError(f"model name {name!r} is already registered by {reg.models[name].origin}; pass --name.")
@@ -224,7 +228,10 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
         if getattr(cfg, k, None) is None:
             setattr(cfg, k, v)
     trainer = Trainer(name, cfg, log=log)
-    missing, unexpected = trainer.model.load_state_dict(base_sd, strict=False)
+    try:
+        missing, unexpected = trainer.model.load_state_dict(base_sd, strict=False)
+    except RuntimeError as e:
+        raise ZooError(f"the weights of {str(run)!r} do not fit its spec: {str(e).splitlines()[-1].strip()}") from None
     if unexpected or [k for k in missing if not is_adapter_key(k)]:
         raise ZooError(f"the weights of {str(run)!r} do not fit its spec: missing "
                        f"{[k for k in missing if not is_adapter_key(k)][:3]}, unexpected {unexpected[:3]}.")
@@ -272,6 +279,8 @@ def cmd_finetune(args):
                 ckpt_interval=args.ckpt_interval, early_stop=args.early_stop, device=args.device, dtype=args.dtype,
                 compile=args.compile, seed=args.seed, sample_tokens=args.sample_tokens)
     cfg = TrainConfig(**{k: v for k, v in base.items() if v is not None})
+    if args.weight_decay is None:  # TrainConfig's default is for training from scratch
+        cfg.weight_decay = FINETUNE_DEFAULTS["lora" if lora else "full"]["weight_decay"]
     res = finetune(args.run, cfg, lora=lora, name=args.name, block_size=args.block_size)
     if "adapter" in res:
         print(f"adapters saved on their own: {res['adapter']}; merged weights: zoo lora merge {res['run_dir']} --out DIR")
