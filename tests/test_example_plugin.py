@@ -27,7 +27,9 @@ def _plugins(venv):
 @pytest.fixture(scope="module")
 def installed(plugin_venv):
     before, _ = _plugins(plugin_venv)
-    assert not any(c["name"] == "relu2" for c in before["components"]), "zoo-relu2 is already installed"
+    if any(c["name"] == "relu2" for c in before["components"]):
+        pytest.skip("zoo-relu2 is already installed beside this interpreter's zoo; these tests install and "
+                    "uninstall it themselves, so run them where it is not installed")
     copy = plugin_venv.pip_install(EXAMPLE)
     yield copy
     plugin_venv.pip_uninstall("zoo-relu2")  # a no-op answer if the last test already did
