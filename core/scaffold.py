@@ -34,6 +34,8 @@ def names_for(name: str, kind: str) -> dict:
         raise ZooError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}.")
     words = re.split(r"[-_]", name)
     module = "_".join(words)
+    if module == "models":  # the package's models module has that name
+        raise ZooError("the plugin name 'models' is taken by the package's own models module; choose another name.")
     cls = "".join(w.capitalize() for w in words)
     if not cls.lower().endswith(CLASS_SUFFIX[kind].lower()):
         cls += CLASS_SUFFIX[kind]

@@ -92,6 +92,7 @@ def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, genera
     (["Bad!", "--kind", "ffn"], "invalid plugin name 'Bad!'"),
     (["mlp", "--kind", "ffn"], "the ffn name 'mlp' is already registered by zoo"),
     (["rope", "--kind", "posenc"], "the posenc name 'rope' is already registered by zoo"),
+    (["models", "--kind", "ffn"], "the plugin name 'models' is taken"),
 ])
 def test_user_errors_exit_2_without_writing(tmp_path, args, needle):
     p = new_plugin(tmp_path, *args)
