@@ -223,7 +223,8 @@ def _doc_blocks():
 def test_docs_tutorial_files_are_the_example_package():
     files = [(path, body) for path, _, body in _doc_blocks() if path]
     assert {p for p, _ in files} >= {"pyproject.toml", "src/zoo_relu2/__init__.py", "src/zoo_relu2/relu2.py",
-                                     "src/zoo_relu2/zoo.json", "src/zoo_relu2/models.py", "tests/test_relu2.py"}
+                                     "src/zoo_relu2/zoo.json", "src/zoo_relu2/models.py", "tests/test_relu2.py",
+                                     ".github/workflows/tests.yml"}
     for path, body in files:
         assert body == (EXAMPLE / path).read_text(encoding="utf-8"), f"docs/plugins.md shows an outdated {path}"
 
