@@ -82,3 +82,10 @@ def test_kan_model_learns_a_batch():
 def test_empty_grid_range_is_a_manifest_error():
     with pytest.raises(ManifestError, match=r"gpt2-kan.*ffn\.params: grid_range=\[1, -1\] is empty"):
         zoo.resolve("gpt2-kan", "tiny", **{"ffn.params.grid_range": [1, -1]})
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_closed_form_basis_derivative_passes_gradcheck(order):
+    from zoo_plugins.ffn.kan import UniformBSpline
+    u = (torch.rand(6, 3, dtype=torch.float64) * 9).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: UniformBSpline.apply(t, 6, order), (u,))

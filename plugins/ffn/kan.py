@@ -8,7 +8,9 @@ Two KAN layers, C -> hidden -> C, replace the MLP. The B-splines have order ``sp
 uniform grid of ``grid_size`` intervals over ``grid_range`` (extended by the order on each side, so
 each input has grid_size + spline_order basis functions); inputs outside the range get zero spline
 and keep the base branch. The basis is the Cox-de Boor recursion written for a uniform grid (no
-divisions by knot differences). Not implemented: the paper's grid updates and its sparsity
+divisions by knot differences), evaluated only for the order + 1 basis functions that are not
+zero at each input and scattered into place, with its derivative in closed form in the backward
+pass. Not implemented: the paper's grid updates and its sparsity
 regularisation. By default ``hidden`` is chosen so the layer has about the parameters of a 4x GELU
 MLP: each edge has grid_size + spline_order + 1 weights, so hidden = 4 x d_model / that.
 """
@@ -41,6 +43,57 @@ def kan_hidden(d_model, grid_size, spline_order, hidden=None):
     return hidden or max(1, round(4 * d_model / (grid_size + spline_order + 1)))
 
 
+def local_bspline(u, order):
+    """The order + 1 basis values that are not zero at u (grid units, knots 0, 1, 2, ...), by the
+    Cox-de Boor recursion restricted to them: entry m is B_{i-m} with i = floor(u). On a uniform
+    grid B_j^p = ((u - j) B_j^{p-1} + (j + p + 1 - u) B_{j+1}^{p-1}) / p. Returns i (..., ), the
+    values of degree ``order`` and those of degree order - 1 (lists of (...) tensors)."""
+    i = torch.floor(u)
+    f = u - i  # (...), in [0, 1)
+    vals, prev = [torch.ones_like(f)], []
+    for p in range(1, order + 1):
+        prev = vals
+        vals = [((f + m) * prev[m] if m < p else 0) + ((p + 1 - f - m) * prev[m - 1] if m else 0)
+                for m in range(p + 1)]
+        vals = [v / p for v in vals] if p > 1 else vals
+    return i.long(), vals, prev
+
+
+def _columns(i, n_basis, order):
+    """Basis index of each local value (clamped into range) and whether it is a real basis function."""
+    idx = i[..., None] - torch.arange(order + 1, device=i.device)  # (..., order + 1)
+    valid = (idx >= 0) & (idx < n_basis)  # (..., order + 1)
+    return idx.clamp_(0, n_basis - 1), valid
+
+
+class UniformBSpline(torch.autograd.Function):
+    """All n_basis basis values of each input, (N, n_in) -> (N, n_in, n_basis), from the order + 1
+    local ones scattered into place; the backward pass uses the closed-form derivative
+    dB_j^p/du = B_j^{p-1} - B_{j+1}^{p-1} and keeps only u."""
+
+    @staticmethod
+    def forward(ctx, u, n_basis, order):  # u: (N, n_in)
+        i, vals, _ = local_bspline(u, order)
+        idx, valid = _columns(i, n_basis, order)  # (N, n_in, order + 1)
+        out = u.new_zeros(*u.shape, n_basis)  # (N, n_in, n_basis)
+        out.scatter_add_(-1, idx, torch.stack(vals, -1) * valid)
+        ctx.save_for_backward(u)
+        ctx.n_basis, ctx.order = n_basis, order
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (N, n_in, n_basis)
+        (u,) = ctx.saved_tensors
+        if ctx.order == 0:  # piecewise constant: zero derivative
+            return torch.zeros_like(u), None, None
+        i, _, prev = local_bspline(u, ctx.order)
+        k = ctx.order
+        deriv = torch.stack([(prev[m] if m < k else 0) - (prev[m - 1] if m else 0) for m in range(k + 1)], -1)
+        idx, valid = _columns(i, ctx.n_basis, k)  # (N, n_in, order + 1)
+        picked = grad.gather(-1, idx)  # (N, n_in, order + 1)
+        return (picked * deriv * valid).sum(-1), None, None  # (N, n_in)
+
+
 class KANLinear(nn.Module):
     """One KAN layer, n_in -> n_out: base branch act(x) @ W_base plus spline branch B(x) @ W_spline."""
 
@@ -56,15 +109,9 @@ class KANLinear(nn.Module):
         self.spline = nn.Linear(n_in * self.n_basis, n_out, bias=False)
 
     def basis(self, x):  # x: (N, n_in) -> (N, n_in, n_basis)
-        """B-spline basis values on the uniform grid t_j = t0 + j h (Cox-de Boor recursion)."""
+        """B-spline basis values on the uniform grid t_j = t0 + j h."""
         u = (x.float() - self.t0) / self.h  # (N, n_in), position in grid units
-        j = torch.arange(self.n_basis + self.order, device=x.device, dtype=torch.float32)  # (n_basis + order,)
-        d = u[..., None] - j  # (N, n_in, n_basis + order): u - j
-        b = ((d >= 0) & (d < 1)).float()  # order 0: indicator of [t_j, t_j+1)
-        for p in range(1, self.order + 1):
-            # B_j^p = ((u - j) B_j^{p-1} + (j + p + 1 - u) B_{j+1}^{p-1}) / p on a uniform grid
-            b = (d[..., :-p] * b[..., :-1] + (p + 1 - d[..., :-p]) * b[..., 1:]) / p  # (N, n_in, n_basis + order - p)
-        return b.to(x.dtype)  # (N, n_in, n_basis)
+        return UniformBSpline.apply(u, self.n_basis, self.order).to(x.dtype)  # (N, n_in, n_basis)
 
     def forward(self, x):  # x: (N, n_in)
         return self.base(self.act(x)) + self.spline(self.basis(x).flatten(1))  # (N, n_out)
