@@ -461,32 +461,28 @@ class Trainer:
         self.peak = _peak_flops(dev)
 
     # -- state ---------------------------------------------------------------------------------
+    # Model and optimizer state go through torch.distributed.checkpoint's state-dict API in every
+    # mode (one process, DDP, FSDP2): full, unsharded tensors on the CPU, the optimizer state keyed by
+    # parameter name, so a checkpoint resumes under any of them.
     def _model_state(self):
-        if self.dist.enabled and self.cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _opt_state(self):
-        if self.dist.enabled and self.cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-            return get_optimizer_state_dict(self.model, self.opt,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(self.model, self.opt,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _load_state(self, ckpt):
-        if self.dist.enabled and self.cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True)
+        try:
             set_model_state_dict(self.model, ckpt["model"], options=opts)
             set_optimizer_state_dict(self.model, self.opt, ckpt["optimizer"], options=opts)
-        else:
-            try:
-                self.model.load_state_dict(ckpt["model"])
-            except RuntimeError as e:
-                raise ZooError(f"checkpoint weights do not fit its spec: {str(e).splitlines()[0]}") from None
-            self.opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ZooError(f"the checkpoint's weights or optimizer state do not fit its model: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         self.step = int(ckpt["step"])
         self.sampler.load_state(ckpt["sampler"])
         self.best_val = float(ckpt.get("best_val", float("inf")))
