@@ -282,6 +282,10 @@ def cmd_finetune(args):
     if args.weight_decay is None:  # TrainConfig's default is for training from scratch
         cfg.weight_decay = FINETUNE_DEFAULTS["lora" if lora else "full"]["weight_decay"]
     res = finetune(args.run, cfg, lora=lora, name=args.name, block_size=args.block_size)
+    vh = res.get("val_history") or []
+    if len(vh) > 1:
+        print(f"val loss {vh[0][1]:.4f} before fine-tuning, {vh[-1][1]:.4f} after {vh[-1][0]} steps "
+              f"(best {res['best_val_loss']:.4f}); run directory {res['run_dir']}")
     if "adapter" in res:
         print(f"adapters saved on their own: {res['adapter']}; merged weights: zoo lora merge {res['run_dir']} --out DIR")
 
