@@ -601,6 +601,7 @@ class Trainer:
         if self.step == 0:
             v = self.evaluate()
             val_history.append((0, v))
+            self.best_val = v
             if w:
                 w.add_scalar("val/loss", v, 0)
         self.model.train()

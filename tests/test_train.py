@@ -1,5 +1,6 @@
 """The trainer: exact resume after SIGKILL, a non-finite loss, bad input, the schedule, weight decay
 groups, and what a run writes (TensorBoard scalars, hparams, text samples) as `zoo compare` reads it."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -205,6 +206,13 @@ def test_run_directory_tensorboard_and_compare(tmp_path, corpus, capsys):
     assert main(["compare", str(runs[0]), str(runs[1])]) == 0
     table = capsys.readouterr().out
     assert "best val" in table and "gpt2-rope-gqa" in table
+    png = tmp_path / "curves.png"
+    rc = main(["compare", str(runs[0]), str(runs[1]), "--plot", str(png)])
+    if importlib.util.find_spec("matplotlib"):
+        assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # matplotlib is optional: the error says how to get it
+        assert rc == 2 and "pip install matplotlib" in capsys.readouterr().err
+    capsys.readouterr()
     assert main(["compare", "llama", "--out", str(tmp_path)]) == 2
     assert "zoo train llama" in capsys.readouterr().err
 
@@ -222,3 +230,21 @@ def test_moe_component_stats_and_aux_loss_are_logged(tmp_path, corpus):
     tags = acc.Tags()["scalars"]
     assert any(t.startswith("components/") for t in tags), tags
     assert "train/aux_loss" in tags
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, corpus):
+    common = dict(SMALL, max_iters=4, eval_interval=4, data=str(corpus), out=str(tmp_path))
+    big = train("gpt2", TrainConfig(**dict(common, batch_size=8), run_id="big"))
+    acc = train("gpt2", TrainConfig(**dict(common, batch_size=4, grad_accum=2), run_id="acc"))
+    for (_, a), (_, b) in zip(big["history"], acc["history"]):
+        assert abs(a - b) < 1e-5
+    pa, pb = _params(tmp_path / "gpt2" / "big"), _params(tmp_path / "gpt2" / "acc")
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-5) for k in pa)
+
+
+def test_early_stop_after_evaluations_without_improvement(tmp_path, corpus):
+    # with a learning rate of zero nothing changes, so the first evaluation after step 0 does not improve
+    res = train("gpt2", TrainConfig(**dict(SMALL, lr=0.0, min_lr=0.0, eval_interval=5, early_stop=1),
+                                    data=str(corpus), out=str(tmp_path)))
+    assert res["steps"] == 5 and [s for s, _ in res["val_history"]] == [0, 5]
+    assert load_checkpoint(res["run_dir"])["step"] == 5
