@@ -106,7 +106,7 @@ class GroupedQueryAttention(nn.Module):
         if cache is not None and self.window is not None and x.shape[1] > 1:
             # several new tokens and a ring buffer: writing them first could overwrite keys the
             # earlier of them still see, so attend over the old slots plus the new keys
-            old_k, old_v, old_pos = cache.k.clone(), cache.v.clone(), cache.slot_pos.clone()
+            old_k, old_v, old_pos = (t.clone() for t in cache.read())  # (B, Hkv, S, D) x2, (S,)
             cache.update(k, v, pos)
             k = torch.cat([old_k, k], dim=2)  # (B, Hkv, S + T, D)
             v = torch.cat([old_v, v], dim=2)  # (B, Hkv, S + T, D)
