@@ -145,6 +145,14 @@ def test_imported_run_directory_contract(imported):
     assert tok.decode(tok.encode(text)).strip() == text
 
 
+def test_zoo_generate_samples_from_the_imported_run(imported, capsys):
+    from zoo.cli import main
+    _, _, run, _ = imported
+    assert main(["generate", str(run), "--prompt", "the quick", "--max-new-tokens", "8", "--seed", "0",
+                 "--top-k", "1"]) == 0
+    assert "the quick" in capsys.readouterr().out
+
+
 # ---- without transformers: zoo -> HF layout -> zoo, and bad input --------------------------------
 
 @pytest.fixture
