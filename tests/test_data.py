@@ -163,3 +163,32 @@ def test_trained_bpe_encodes_through_tiktoken_as_its_merges_say(tmp_path, capsys
 def test_char_tokenizer_round_trip():
     t = CharTokenizer.from_text("hello world")
     assert t.decode(t.encode("low hell")) == "low hell" and t.vocab_size == len(set("hello world"))
+
+
+def test_hf_dataset_is_streamed_document_by_document(tmp_path, monkeypatch):
+    """`zoo data prepare --hf` with a stand-in for the `datasets` package (no network here): it asks for
+    a streaming split and stops reading once the token limit is reached."""
+    import sys
+    import types
+    asked, served = {}, []
+
+    def load_dataset(name, config, split, streaming):
+        asked.update(name=name, config=config, split=split, streaming=streaming)
+
+        def rows():
+            for i in range(10_000):
+                served.append(i)
+                yield {"text": f"document number {i} about owls.", "id": i}
+        return rows()
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    out = tmp_path / "fw"
+    assert main(["data", "prepare", "--hf", "HuggingFaceFW/fineweb-edu", "--hf-config", "sample-10BT",
+                 "--out", str(out), "--max-tokens", "500", "--val-tokens", "100"]) == 0
+    assert asked == {"name": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT", "split": "train", "streaming": True}
+    meta = D.load_meta(out)
+    assert meta["tokens"]["train"] + meta["tokens"]["val"] == 500 and meta["tokens"]["val"] >= 100
+    assert len(served) < 100  # streamed: stopped long before the end of the dataset
+    tok = get_tokenizer("gpt2")
+    val = np.concatenate(D.open_shards(out, "val")).tolist()
+    assert val[:1 + len(tok.encode("document number 0 about owls."))] == [tok.eot] + tok.encode("document number 0 about owls.")
