@@ -181,6 +181,21 @@ def test_zoo_gpt2_round_trip_without_transformers(gpt2_dir, tmp_path):
         torch.testing.assert_close(back(idx)[0], model.eval()(idx)[0], atol=0, rtol=0)
 
 
+def test_hub_gpt2_layout_without_prefix_and_with_mask_buffers(gpt2_dir, tmp_path):
+    """openai-community/gpt2's model.safetensors names tensors without 'transformer.' and stores the
+    causal-mask buffers h.N.attn.bias; both import."""
+    src, model = gpt2_dir
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(src / "model.safetensors").items()}
+    for i in range(2):
+        sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
+    save_file(sd, src / "model.safetensors")
+    import_hf(str(src), tmp_path / "run", tokenizer=str(_tiny_tok_config(tmp_path)))
+    back, _ = zoo.load(tmp_path / "run")
+    idx = torch.randint(0, 96, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(back(idx)[0], model.eval()(idx)[0])
+
+
 def _tiny_tok_config(tmp_path):
     p = tmp_path / "tok.json"
     p.write_text(json.dumps({"type": "char", "chars": "abcdefghij"}))
