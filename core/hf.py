@@ -841,6 +841,8 @@ def _write_atomically(out: Path, fill, force: bool = False):
         raise ZooError(f"cannot write to {str(out.parent)!r}: {e.strerror}.") from None
     try:
         fill(tmp)
+        from .safetensors_io import _umask
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal directory's mode
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-old-"))
             os.replace(out, old / out.name)

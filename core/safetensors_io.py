@@ -104,6 +104,12 @@ def metadata(path) -> dict:
     return read_header(path)[0].get("__metadata__", {}) or {}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_file(tensors: dict, path, meta: dict | None = None):
     """Write {name: tensor} as a safetensors file, atomically (a temporary file, then rename)."""
     import torch
@@ -131,6 +137,7 @@ def save_file(tensors: dict, path, meta: dict | None = None):
             for b in blobs:
                 if b.numel():
                     f.write(b.numpy().data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
