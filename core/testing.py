@@ -306,10 +306,10 @@ def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False):
     _close(torch.cat(parts, 1), full, f"{what} vs full forward")
 
 
-# (prompt length, spare slots, explicit positions): a prompt of one token, short prompts in a cache
-# larger than needed, half the context, and prompts reaching the context limit (block_size).
-KV_CACHE_CASES = ((1, 0, False), (2, 3, True), (DIMS.block_size // 2, 0, False),
-                  (DIMS.block_size - 1, 1, True), (DIMS.block_size, 0, False))
+# (prompt length, spare slots, explicit positions): a prompt of one token, a short prompt in a cache
+# larger than needed, and prompts reaching the context limit (block_size); decoding covers every
+# position between them.
+KV_CACHE_CASES = ((1, 0, False), (2, 3, True), (DIMS.block_size - 1, 1, True), (DIMS.block_size, 0, False))
 
 
 @_check(kinds=("attention", "posenc"), applies=lambda tags: tags.get("kv_cache", True))
