@@ -146,9 +146,15 @@ def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, fu
     gqa = q.shape[1] != k.shape[1]
     if full_causal and bias is None and window is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-    if backend == "flex" or (backend == "auto" and q.is_cuda and q.shape[2] > 1 and dropout_p == 0.0
-                             and flex_attention_fn() is not None):
+    if backend == "flex":
         return flex_causal_attention(q, k, v, q_pos, k_pos, bias=bias, window=window)
+    if backend == "auto" and q.is_cuda and q.shape[2] > 1 and dropout_p == 0.0 and flex_attention_fn() is not None:
+        try:
+            return flex_causal_attention(q, k, v, q_pos, k_pos, bias=bias, window=window)
+        except Exception as e:  # e.g. no Triton for this GPU: keep working with the explicit mask
+            import warnings
+            warnings.warn(f"FlexAttention failed ({type(e).__name__}: {e}); using SDPA with an explicit mask from now on")
+            _FLEX["compiled"] = None
     allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # (Tq, Tk)
     if window is not None:
         allowed = allowed & (q_pos[:, None] - k_pos[None, :] < window)
