@@ -192,3 +192,14 @@ def test_moe_models_train_with_bf16_inputs():
     _, loss = model(idx, idx)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_moe_and_mla_under_autocast():
+    """fp32 weights, bf16 autocast (how the trainer runs on GPUs): a training step runs."""
+    torch.manual_seed(0)
+    model = zoo.build("deepseek", "tiny").train()
+    idx = torch.randint(0, 96, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and model.blocks[1].ffn.w_in.grad.abs().sum() > 0

@@ -42,6 +42,10 @@ PARAMS = {
                              "description": "per-head query features and shared key features that the "
                                             "posenc rotates (even); 0: none; null: head_dim / 2"},
         "v_head_dim": _size("per-head value features", "head_dim"),
+        "softmax_scale": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                          "description": "scale of the attention logits; null: 1/sqrt(qk_nope_head_dim + "
+                                         "qk_rope_head_dim). DeepSeek-V2 with YaRN rope scaling multiplies it "
+                                         "by mscale^2 (set by zoo import hf)"},
         "decode": {"enum": ["absorbed", "materialized"], "default": "absorbed",
                    "description": "how attention with a cache runs: over the latent with the up-projections "
                                   "absorbed, or with keys and values expanded per head"},
@@ -91,7 +95,7 @@ class LatentCache(KVCache):
 
 class MultiHeadLatentAttention(nn.Module):
     def __init__(self, dims, kv_lora_rank=None, q_lora_rank=None, qk_nope_head_dim=None,
-                 qk_rope_head_dim=None, v_head_dim=None, decode="absorbed"):
+                 qk_rope_head_dim=None, v_head_dim=None, decode="absorbed", softmax_scale=None):
         super().__init__()
         params = dict(kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_nope_head_dim=qk_nope_head_dim,
                       qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim)
@@ -108,7 +112,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_norm = nn.RMSNorm(self.rank, eps=1e-6)
         self.wkv_b = nn.Linear(self.rank, H * (self.nope + self.v_dim), bias=False)  # W_UK and W_UV
         self.proj = init_residual_(nn.Linear(H * self.v_dim, C, bias=dims.bias))
-        self.scale = 1.0 / math.sqrt(qk)
+        self.scale = softmax_scale or 1.0 / math.sqrt(qk)
 
     @classmethod
     def validate_spec(cls, dims, params):
@@ -151,18 +155,20 @@ class MultiHeadLatentAttention(nn.Module):
         kv = rearrange(self.wkv_b(c[:, 0]), "b s (h d) -> b h s d", h=H)  # (B, H, S, nope+v)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, S, nope), (B, H, S, v)
         k = torch.cat([k_nope, k_rope.expand(B, H, S, self.rope)], dim=-1)  # (B, H, S, nope+rope)
-        q = torch.cat([q_nope, q_rope], dim=-1)  # (B, H, T, nope+rope); SDPA's scale is already 1/sqrt(qk)
+        q = torch.cat([q_nope, q_rope], dim=-1)  # (B, H, T, nope+rope); SDPA's scale is 1/sqrt(qk)
+        if self.scale != 1.0 / math.sqrt(q.shape[-1]):  # a softmax_scale of its own
+            q = q * (self.scale * math.sqrt(q.shape[-1]))
         return causal_sdpa(q, k, v, pos, k_pos, bias=bias, dropout_p=self.dropout if self.training else 0.0,
                            full_causal=full_causal)  # (B, H, T, v)
 
     def _absorbed(self, q_nope, q_rope, kv, c, pos, k_pos, bias):
         """Attention over the latents: W_UK folded into the query, W_UV applied to the output."""
-        w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)  # (H, nope+v, r)
+        w = self.wkv_b.weight.to(q_nope.dtype).view(self.n_heads, self.nope + self.v_dim, self.rank)  # (H, nope+v, r)
         w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # (H, nope, r), (H, v, r)
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r)
         q = torch.cat([q_lat, q_rope], dim=-1)  # (B, H, T, r+rope)
         q = q * (self.scale * math.sqrt(q.shape[-1]))  # SDPA divides by sqrt(r+rope); the model's scale is 1/sqrt(qk)
-        o = causal_sdpa(q, kv, c, pos, k_pos, bias=bias,
+        o = causal_sdpa(q, kv.to(q.dtype), c.to(q.dtype), pos, k_pos, bias=bias,
                         dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, r), one shared kv head
         return torch.einsum("bhtr,hvr->bhtv", o, w_uv)  # (B, H, T, v)
 

@@ -101,6 +101,11 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
     return _GROUPED_OK[key]
 
 
+def _compute_dtype(x):
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
 def _grouped(x, w, offs):
     """x: (M, K) sorted by group, w: (E, K, N), offs: (E,) int32 ends -> (M, N)."""
     y = grouped_mm_fn()(x, w, offs=offs)  # (M, N)
@@ -255,13 +260,13 @@ class MoE(nn.Module):
             order, e_sorted = order[keep], e_sorted[keep]  # (M,)
             kept = counts.clamp(max=cap)  # (E,)
         token = order // k  # (M,) source token of each kept copy
-        xs = xf[token]  # (M, C)
-        mode = self.dispatch_mode(xf)
+        xs = xf[token].to(_compute_dtype(xf))  # (M, C), in the autocast dtype if autocast is on
+        mode = self.dispatch_mode(xs)
         ys = getattr(self, f"_experts_{mode}")(xs, e_sorted, kept)  # (M, C)
         if self.b_out is not None:
             ys = ys + self.b_out[e_sorted].to(ys.dtype)  # (M, C)
         wk = w.reshape(-1)[order].to(ys.dtype)  # (M,)
-        y = torch.zeros_like(xf).index_add_(0, token, ys * wk[:, None])  # (N, C)
+        y = ys.new_zeros(N, C).index_add_(0, token, ys * wk[:, None])  # (N, C)
         if self.shared is not None:
             y = y + self.shared(xf[None])[0]  # (N, C)
         self._account(scores, counts, kept, N)
