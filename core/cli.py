@@ -83,6 +83,10 @@ def cmd_show(args):
     else:
         print(f"  {'kv cache':<12} {kv['bf16']:,} bytes/token in bf16, {kv['fp32']:,} in fp32 "
               f"({kv['bf16'] * spec['block_size'] / 2**20:.2f} MiB per sequence of {spec['block_size']} in bf16)")
+    window = spec["attention"]["params"].get("window")
+    if kv["bf16"] is not None and window and window < spec["block_size"]:
+        print(f"  {'':<12} sliding window {window}: the cache holds at most {window} positions "
+              f"({kv['bf16'] * window / 2**20:.2f} MiB per sequence in bf16)")
     print(f"  {'':<12} multi-head attention: {info['mha_kv_cache_bytes_per_token']['bf16']:,} bytes/token in bf16")
     for key, (n, per) in info["component_params"].items():
         print(f"  {('attn' if key == 'attention' else key) + ' params':<12} {n:,} ({_fmt_params(n)}) in all layers, {per}")
