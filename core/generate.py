@@ -380,7 +380,7 @@ class TextStream:
                 at = text.find(s, max(0, emitted[i] - len(s)))
                 if at >= 0:
                     text, final = text[:at], True
-                    g.stop(i, "stop")
+                    g.stop_reason[i] = "stop"  # even if this step also reached max_new_tokens
             safe = len(text) if final else len(text) - hold
             while not final and safe > emitted[i] and text[safe - 1] == "\ufffd":  # an unfinished character
                 safe -= 1
