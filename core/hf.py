@@ -23,6 +23,7 @@ hub downloads and the parity tests.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -304,6 +305,24 @@ def _need(cfg, key, arch):
     return cfg[key]
 
 
+def _get_mscale(scale, mscale=1.0):
+    """YaRN's attention temperature, as transformers computes it."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn(rp: dict, cfg: dict) -> dict:
+    """The rope component's yarn scaling of a config's rope parameters."""
+    factor = float(rp["factor"])
+    old = int(rp.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+    att = rp.get("attention_factor")
+    if att is None:
+        m, m_all = rp.get("mscale"), rp.get("mscale_all_dim")
+        att = _get_mscale(factor, m) / _get_mscale(factor, m_all) if m and m_all else _get_mscale(factor)
+    return {"type": "yarn", "factor": factor, "original_max_position_embeddings": old,
+            "beta_fast": float(rp.get("beta_fast") or 32), "beta_slow": float(rp.get("beta_slow") or 1),
+            "attention_factor": float(att), "truncate": bool(rp.get("truncate", True))}
+
+
 def _refuse(arch, what, fix=""):
     raise ZooError(f"cannot import this {arch} checkpoint: {what}, which no zoo component represents"
                    + (f"; {fix}" if fix else "") + ". Nothing was written.")
@@ -405,7 +424,7 @@ class Llama:
     model_type = "llama"
     architecture = "LlamaForCausalLM"
     probe = "model.embed_tokens.weight"
-    ROPE_TYPES = ("default", "linear", "llama3")
+    ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
     @classmethod
     def entry(cls, cfg):
@@ -435,6 +454,8 @@ class Llama:
             scaling = {"type": "llama3", "factor": float(rp["factor"]), "low_freq_factor": float(rp["low_freq_factor"]),
                        "high_freq_factor": float(rp["high_freq_factor"]),
                        "original_max_position_embeddings": int(rp["original_max_position_embeddings"])}
+        elif rtype == "yarn":
+            scaling = _yarn(rp, cfg)
         kv = cfg.get("num_key_value_heads") or h
         att = {"n_kv_heads": kv}
         window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
@@ -607,9 +628,8 @@ class DeepseekV2(Llama):
         arch = "deepseek_v2"
         rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
         rtype = rp.get("rope_type", rp.get("type", "default"))
-        if rtype != "default":
-            _refuse(arch, f"rope scaling type {rtype!r} (DeepSeek-V2's released checkpoints use yarn)",
-                    "the rope component has linear and llama3 scaling, not yarn with its attention mscale")
+        if rtype not in ("default", "yarn"):
+            _refuse(arch, f"rope scaling type {rtype!r}", "DeepSeek-V2 is mapped with default or yarn rope")
         if cfg.get("topk_method", "greedy") != "greedy":
             _refuse(arch, f"topk_method={cfg['topk_method']!r}", "the moe ffn routes greedily, without device groups")
         if float(cfg.get("routed_scaling_factor", 1.0)) != 1.0:
@@ -630,11 +650,17 @@ class DeepseekV2(Llama):
         att = {"kv_lora_rank": _need(cfg, "kv_lora_rank", arch), "q_lora_rank": cfg.get("q_lora_rank"),
                "qk_nope_head_dim": _need(cfg, "qk_nope_head_dim", arch),
                "qk_rope_head_dim": _need(cfg, "qk_rope_head_dim", arch), "v_head_dim": _need(cfg, "v_head_dim", arch)}
+        posenc = {"theta": float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))}
+        if rtype == "yarn":
+            posenc["scaling"] = _yarn(rp, cfg)
+            if rp.get("mscale_all_dim"):  # DeepSeek also sharpens the softmax by mscale^2
+                qk = att["qk_nope_head_dim"] + att["qk_rope_head_dim"]
+                att["softmax_scale"] = qk ** -0.5 * _get_mscale(float(rp["factor"]), rp["mscale_all_dim"]) ** 2
         dense = {"name": "swiglu", "params": {"hidden": _need(cfg, "intermediate_size", arch)}}
         E = cfg.get("n_routed_experts")
         entry = {"description": "deepseek_v2 imported from Hugging Face",
                  "attention": {"name": "mla", "params": att},
-                 "posenc": {"name": "rope", "params": {"theta": float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))}},
+                 "posenc": {"name": "rope", "params": posenc},
                  "ffn": dense, "norm": "rmsnorm", "bias": False,
                  "tie_weights": bool(cfg.get("tie_word_embeddings", False)), "norm_eps": 1e-6}
         n_layers = _need(cfg, "num_hidden_layers", arch)
@@ -709,8 +735,9 @@ class DeepseekV2(Llama):
         why = []
         if a["name"] != "mla":
             why.append("attention is not mla")
-        if pe["name"] != "rope" or pe["params"].get("rotary_fraction", 1.0) != 1.0 or pe["params"].get("scaling"):
-            why.append("posenc is not unscaled full rope")
+        if pe["name"] != "rope" or pe["params"].get("rotary_fraction", 1.0) != 1.0 or \
+                (pe["params"].get("scaling") or {"type": "yarn"})["type"] != "yarn":
+            why.append("posenc is not full rope, unscaled or with yarn")
         p = f["params"]
         if f["name"] != "moe" or (p.get("expert") or {}).get("name") != "swiglu" or p.get("score") != "softmax" \
                 or (p.get("norm_topk") and p.get("top_k", 2) > 1) or p.get("capacity_factor"):
@@ -742,7 +769,25 @@ class DeepseekV2(Llama):
                 "rope_theta": spec["posenc"]["params"].get("theta", 10000.0),
                 "tie_word_embeddings": spec["tie_weights"], "topk_method": "greedy", "routed_scaling_factor": 1.0,
                 "norm_topk_prob": False, "aux_loss_alpha": p.get("aux_loss_coef", 0.001), "attention_bias": False,
-                "hidden_act": "silu", "attention_dropout": 0.0}
+                "hidden_act": "silu", "attention_dropout": 0.0, **cls.rope_config(spec, nope + rope)}
+
+    @staticmethod
+    def rope_config(spec, qk):
+        """rope_scaling for a yarn-scaled spec, with the mscale_all_dim that gives mla's softmax_scale."""
+        sc = spec["posenc"]["params"].get("scaling")
+        softmax_scale = spec["attention"]["params"].get("softmax_scale")
+        if not sc:
+            if softmax_scale and abs(softmax_scale * math.sqrt(qk) - 1) > 1e-12:
+                raise ZooError("cannot export: mla's softmax_scale without yarn rope scaling has no DeepSeek-V2 "
+                               "config counterpart.")
+            return {}
+        out = {"rope_scaling": {"rope_type": "yarn", **{k: v for k, v in sc.items() if k != "type"}}}
+        if softmax_scale:
+            m = math.sqrt(softmax_scale * math.sqrt(qk))  # softmax_scale = qk^-0.5 * mscale(factor, all_dim)^2
+            if sc["factor"] <= 1:
+                raise ZooError("cannot export: a softmax_scale with yarn factor <= 1 has no DeepSeek-V2 counterpart.")
+            out["rope_scaling"]["mscale_all_dim"] = (m - 1) / (0.1 * math.log(sc["factor"]))
+        return out
 
 
 ARCHS = {a.model_type: a for a in (GPT2, Llama, Mistral, Mixtral, DeepseekV2)}

@@ -51,14 +51,22 @@ def _hf_configs():
         "llama": lambda: tr.LlamaConfig(rms_norm_eps=1e-5, rope_parameters={
             "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}, **llama),
-        "llama-tied": lambda: tr.LlamaConfig(tie_word_embeddings=True, num_key_value_heads=1,
-                                             **{k: v for k, v in llama.items() if k != "num_key_value_heads"}),
+        # tied head, multi-query attention, YaRN rope scaling
+        "llama-tied": lambda: tr.LlamaConfig(tie_word_embeddings=True, num_key_value_heads=1, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16},
+            **{k: v for k, v in llama.items() if k != "num_key_value_heads"}),
         # a window shorter than prompt + 32 decoded tokens, so decoding crosses it
         "mistral": lambda: tr.MistralConfig(sliding_window=8, **llama),
         "mixtral": lambda: tr.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **llama),
         "deepseek_v2": lambda: tr.DeepseekV2Config(n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=None,
                                                    **dsv2),
+        # query compression, two shared experts, all layers MoE, and YaRN as the released checkpoints
+        # use it: attention_factor from mscale / mscale_all_dim, and a softmax sharpened by mscale_all_dim
         "deepseek_v2-qlora": lambda: tr.DeepseekV2Config(n_shared_experts=2, first_k_dense_replace=0, q_lora_rank=24,
+                                                         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                                                          "factor": 4.0, "mscale": 1.0,
+                                                                          "mscale_all_dim": 0.5,
+                                                                          "original_max_position_embeddings": 16},
                                                          **dsv2),
     }
 
