@@ -313,7 +313,7 @@ def _get_mscale(scale, mscale=1.0):
 def _yarn(rp: dict, cfg: dict) -> dict:
     """The rope component's yarn scaling of a config's rope parameters."""
     factor = float(rp["factor"])
-    old = int(rp.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+    old = int(rp.get("original_max_position_embeddings") or _need(cfg, "max_position_embeddings", "yarn rope"))
     att = rp.get("attention_factor")
     if att is None:
         m, m_all = rp.get("mscale"), rp.get("mscale_all_dim")
@@ -630,6 +630,8 @@ class DeepseekV2(Llama):
         rtype = rp.get("rope_type", rp.get("type", "default"))
         if rtype not in ("default", "yarn"):
             _refuse(arch, f"rope scaling type {rtype!r}", "DeepSeek-V2 is mapped with default or yarn rope")
+        if cfg.get("scoring_func", "softmax") != "softmax":
+            _refuse(arch, f"scoring_func={cfg['scoring_func']!r}", "DeepSeek-V2 is mapped with softmax routing")
         if cfg.get("topk_method", "greedy") != "greedy":
             _refuse(arch, f"topk_method={cfg['topk_method']!r}", "the moe ffn routes greedily, without device groups")
         if float(cfg.get("routed_scaling_factor", 1.0)) != 1.0:

@@ -286,14 +286,18 @@ def test_refused_options_of_other_architectures(tmp_path):
     spec, _, _ = spec_from_config(llama, "ok")
     assert spec["attention"]["params"]["n_kv_heads"] == 4 and spec["norm_eps"] == 1e-6
     for bad, word in (({"head_dim": 32}, "head_dim"), ({"attention_bias": True}, "attention_bias"),
-                      ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+                      ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "dynamic"),
+                      ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "max_position_embeddings"),
                       ({"hidden_act": "gelu"}, "hidden_act")):
         with pytest.raises(ZooError, match=word):
             spec_from_config({**llama, **bad}, "bad")
-    with pytest.raises(ZooError, match="norm_topk_prob"):
-        spec_from_config({**llama, "model_type": "deepseek_v2", "kv_lora_rank": 16, "qk_rope_head_dim": 8,
-                          "qk_nope_head_dim": 16, "v_head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
-                          "moe_intermediate_size": 32, "norm_topk_prob": True}, "bad")
+    dsv2 = {**llama, "model_type": "deepseek_v2", "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+            "v_head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+    assert spec_from_config(dsv2, "ok2")[0]["ffn"]["name"] == "moe"
+    for bad, word in (({"norm_topk_prob": True}, "norm_topk_prob"), ({"routed_scaling_factor": 16.0}, "routed_scaling"),
+                      ({"topk_method": "group_limited_greedy"}, "topk_method"), ({"scoring_func": "sigmoid"}, "scoring_func")):
+        with pytest.raises(ZooError, match=word):
+            spec_from_config({**dsv2, **bad}, "bad")
 
 
 def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
