@@ -330,3 +330,23 @@ def test_bench_transformers_comparison_code_path():
     assert res["hf_s"] > 0 and res["vs_hf"] > 0
     with pytest.raises(ZooError, match="GPT-2's components"):
         bench_cache("llama", "tiny", new_tokens=4, runs=("hf",), log=lambda *a: None)
+
+
+def test_tiktoken_run_samples_unconditionally_from_end_of_text(tmp_path):
+    """An empty prompt starts from the end-of-text token; ids of the padded vocabulary (50304 for
+    GPT-2's 50257 tokens) are never drawn, so every sample decodes."""
+    from zoo.tokenizers import TiktokenTokenizer
+    try:
+        tok = TiktokenTokenizer("gpt2")
+    except ZooError as e:
+        pytest.skip(f"GPT-2 tokenizer files unavailable offline: {e}")
+    spec = zoo.resolve("gpt2-nope", "tiny", vocab_size=50304)
+    torch.manual_seed(0)
+    model = zoo.build_from_spec(spec)
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": model.state_dict(), "spec": spec, "tokenizer": tok.config(),
+                                           "plugins": plugins_of(spec), "step": 0})
+    model, tok = zoo.load(tmp_path)
+    s = stream_text(model, tok, "", 30, seed=0, temperature=3.0)
+    text = "".join(p for _, p, _ in s)
+    assert text == s.texts[0] and max(s.generation.tokens[0], default=0) < tok.vocab_size
+    assert s.generation.prompts == [[tok.eot]]
