@@ -110,7 +110,7 @@ def test_aux_loss_in_training_only_and_reaches_the_model_loss():
 
 def test_bias_balancing_moves_towards_equal_load():
     torch.manual_seed(0)
-    moe = MoE(DIMS, n_experts=4, top_k=1, score="sigmoid", balance="bias", bias_update_rate=0.01).train()
+    moe = MoE(DIMS, n_experts=4, top_k=1, score="sigmoid", balance="bias", bias_update_rate=0.05).train()
     with torch.no_grad():
         moe.router.weight.zero_()
         moe.router.weight[0] += 1.0  # expert 0 scores highest for inputs with a positive sum
@@ -118,7 +118,7 @@ def test_bias_balancing_moves_towards_equal_load():
     moe(x)
     assert moe.zoo_stats()["load/expert_0"] == 1.0
     assert moe.route_bias[0] < 0 and (moe.route_bias[1:] > 0).all()
-    for _ in range(200):
+    for _ in range(30):
         moe(x)
     assert moe.zoo_stats()["load/expert_0"] < 1.0  # the bias pushed tokens elsewhere
     before = moe.route_bias.clone()
