@@ -120,7 +120,6 @@ def is_adapter_key(k: str) -> bool:
 
 def merge_state_dict(sd: dict, cfg: dict) -> dict:
     """A state dict with every adapter folded into its weight, W + (alpha / r) B A, and removed."""
-    import torch
     cfg = lora_config(cfg)
     scale = cfg["alpha"] / cfg["r"]
     out = {k: v for k, v in sd.items() if not is_adapter_key(k)}

@@ -9,9 +9,6 @@ The bad-input tests build Hugging Face directories with the zoo's own safetensor
 without transformers.
 """
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch

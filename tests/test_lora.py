@@ -7,7 +7,7 @@ import torch
 import zoo
 from zoo.checkpoint import load_checkpoint, plugins_of, save_checkpoint
 from zoo.errors import ZooError
-from zoo.lora import apply_lora, is_adapter_key, load_adapter, merge_state_dict, parse_lora
+from zoo.lora import is_adapter_key, load_adapter, merge_state_dict, parse_lora
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
