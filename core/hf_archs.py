@@ -127,6 +127,13 @@ def swiglu_hidden(params, d_model):
     return -(-int(8 * d_model / 3) // m) * m
 
 
+def expert_hidden(spec, p):
+    """The hidden width of a moe's swiglu experts, as the moe component resolves it."""
+    if p.get("expert_hidden_mult"):
+        return -(-int(p["expert_hidden_mult"] * spec["d_model"]) // 8) * 8
+    return swiglu_hidden((p.get("expert") or {}).get("params", {}), spec["d_model"])
+
+
 def torch_cat(parts):
     import torch
     return torch.cat(parts, dim=0)
@@ -430,7 +437,7 @@ class Mixtral(Llama):
         if f["name"] != "moe":
             why.append("ffn is not moe")
         elif ((p.get("expert") or {}).get("name") != "swiglu" or p.get("n_shared") or p.get("score") != "softmax"
-              or not p.get("norm_topk") or p.get("capacity_factor") or p.get("expert_hidden_mult")):
+              or not p.get("norm_topk") or p.get("capacity_factor")):
             why.append("moe is not Mixtral's (swiglu experts, softmax, renormalised top-k, no shared experts, dropless)")
         return why
 
@@ -439,7 +446,7 @@ class Mixtral(Llama):
         cfg = Llama.config({**spec, "ffn": {"name": "swiglu", "params": {}}}, base)
         p = spec["ffn"]["params"]
         cfg.update(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=p["n_experts"],
-                   num_experts_per_tok=p["top_k"], intermediate_size=p["expert"]["params"]["hidden"],
+                   num_experts_per_tok=p["top_k"], intermediate_size=expert_hidden(spec, p),
                    router_aux_loss_coef=p.get("aux_loss_coef", 0.001), router_jitter_noise=0.0,
                    sliding_window=spec["attention"]["params"].get("window"))
         cfg.pop("attention_bias", None), cfg.pop("mlp_bias", None)
@@ -526,12 +533,6 @@ class DeepseekV2(Llama):
             m = zoo.get_registry().get("attention", a["name"]).cls(dims_of(spec), **a["params"])
         return m.rank, m.q_rank, m.nope, m.rope, m.v_dim
 
-    @staticmethod
-    def expert_hidden(spec, p):
-        if p.get("expert_hidden_mult"):
-            return -(-int(p["expert_hidden_mult"] * spec["d_model"]) // 8) * 8
-        return swiglu_hidden(p["expert"].get("params", {}), spec["d_model"])
-
     @classmethod
     def attention_plan(cls, spec, i, h, b):
         r, q_rank, nope, rope, _ = cls.sizes(spec)
@@ -560,7 +561,7 @@ class DeepseekV2(Llama):
                (b + "w_in", [m + f"experts.{e}.{w}_proj.weight" for e in range(E) for w in ("gate", "up")], ExpertsIn()),
                (b + "w_out", [m + f"experts.{e}.down_proj.weight" for e in range(E)], ExpertsOut())]
         if p.get("n_shared"):
-            hs = p["n_shared"] * cls.expert_hidden(spec, p)
+            hs = p["n_shared"] * expert_hidden(spec, p)
             out += [(b + "shared.gate_up.weight", [m + "shared_experts.gate_proj.weight", m + "shared_experts.up_proj.weight"],
                      Cat([hs, hs])),
                     (b + "shared.down.weight", [m + "shared_experts.down_proj.weight"], Copy())]
@@ -597,7 +598,7 @@ class DeepseekV2(Llama):
         return {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
                 "vocab_size": spec["vocab_size"], "hidden_size": spec["d_model"],
                 "intermediate_size": swiglu_hidden(dense, spec["d_model"]),
-                "moe_intermediate_size": cls.expert_hidden(spec, p), "num_hidden_layers": spec["n_layers"],
+                "moe_intermediate_size": expert_hidden(spec, p), "num_hidden_layers": spec["n_layers"],
                 "num_attention_heads": spec["n_heads"], "num_key_value_heads": spec["n_heads"],
                 "n_routed_experts": p["n_experts"], "n_shared_experts": p.get("n_shared", 0),
                 "num_experts_per_tok": p["top_k"], "first_k_dense_replace": k, "moe_layer_freq": 1,
