@@ -201,6 +201,30 @@ def test_hub_gpt2_layout_without_prefix_and_with_mask_buffers(gpt2_dir, tmp_path
         assert torch.equal(back(idx)[0], model.eval()(idx)[0])
 
 
+def test_sharded_safetensors_and_pytorch_bin(gpt2_dir, tmp_path):
+    src, model = gpt2_dir
+    sd = load_file(src / "model.safetensors")
+    names = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    (src / "model.safetensors").unlink()
+    for f, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, src / f)
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}))
+    import_hf(str(src), tmp_path / "run", tokenizer=str(_tiny_tok_config(tmp_path)))
+    idx = torch.randint(0, 96, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(zoo.load(tmp_path / "run")[0](idx)[0], model.eval()(idx)[0])
+    (src / "model-00002-of-00002.safetensors").unlink()  # an incomplete download
+    assert "00002" in _import_error(src, tmp_path)
+    for f in src.glob("model*"):
+        f.unlink()
+    torch.save(sd, src / "pytorch_model.bin")  # the older format, read with weights_only=True
+    import_hf(str(src), tmp_path / "run2", tokenizer=str(_tiny_tok_config(tmp_path)))
+    with torch.no_grad():
+        assert torch.equal(zoo.load(tmp_path / "run2")[0](idx)[0], model(idx)[0])
+
+
 def _tiny_tok_config(tmp_path):
     p = tmp_path / "tok.json"
     p.write_text(json.dumps({"type": "char", "chars": "abcdefghij"}))
