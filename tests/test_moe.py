@@ -158,6 +158,8 @@ def test_top_k_above_experts_is_a_manifest_error():
         zoo.resolve("mixtral", "tiny", **{"ffn.params.top_k": 9})
     with pytest.raises(ManifestError, match=r"expert\.name 'nope' is not an ffn plugin"):
         zoo.resolve("mixtral", "tiny", **{"ffn.params.expert": {"name": "nope"}})
+    with pytest.raises(ManifestError, match=r"at ffn\.params: expert\.params: Additional properties.*'hiden'"):
+        zoo.resolve("mixtral", "tiny", **{"ffn.params.expert": {"name": "swiglu", "params": {"hiden": 8}}})
 
 
 def test_deepseek_first_layer_dense_and_alternating_layers():

@@ -172,13 +172,21 @@ class MoE(nn.Module):
             out.append(f"top_k={params.get('top_k')} is more than n_experts={params.get('n_experts')}; "
                        f"lower top_k or add experts")
         expert = params.get("expert") or {"name": "swiglu"}
-        if expert["name"] not in STACKED:
-            import zoo
-            reg = zoo.get_registry()
-            if expert["name"] not in reg.components["ffn"] or expert["name"] == "moe":
-                known = sorted(n for n in reg.components["ffn"] if n != "moe")
-                out.append(f"expert.name {expert['name']!r} is not an ffn plugin experts can be made of; "
-                           f"use one of {known}")
+        import zoo
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import best_match
+        reg = zoo.get_registry()
+        if expert["name"] not in reg.components["ffn"] or expert["name"] == "moe":
+            known = sorted(n for n in reg.components["ffn"] if n != "moe")
+            out.append(f"expert.name {expert['name']!r} is not an ffn plugin experts can be made of; "
+                       f"use one of {known}")
+        else:  # the experts' params against their plugin's own schema
+            err = best_match(Draft202012Validator(reg.get("ffn", expert["name"]).params_schema)
+                             .iter_errors(expert.get("params", {})))
+            if err is not None:
+                where = ".".join(["expert.params"] + [str(p) for p in err.absolute_path])
+                out.append(f"{where}: {err.message}; see the params of ffn {expert['name']!r} in "
+                           f"`zoo plugins --json`")
         return out
 
     # ---- routing -------------------------------------------------------------------------------
