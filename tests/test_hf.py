@@ -118,6 +118,12 @@ def test_greedy_decoding_with_kv_cache_matches_generate(imported):
     assert out.shape == ref.shape == (1, 37)
     assert len(set(out[0, 5:].tolist())) > 1  # not a degenerate repetition of one token
     assert out.tolist() == ref.tolist()
+    # and through zoo.generate (top-k 1 is greedy), the path zoo generate takes
+    from zoo.generate import generate
+    gen = generate(model, [prompt[0].tolist()], max_new_tokens=32, top_k=1, seed=0)
+    for _ in gen:
+        pass
+    assert gen.tokens[0] == ref[0, 5:].tolist()
 
 
 def test_export_round_trip_loads_in_transformers(imported):
