@@ -98,6 +98,13 @@ def tokenizer_config_for(src: Path, cfg: dict, choice: str | None):
                    f"tiktoken encoding, or a tokenizer file).")
 
 
+def _has_tokenizers() -> bool:
+    try:
+        return __import__("tokenizers") is not None
+    except ImportError:
+        return False
+
+
 def _no_char():
     raise ZooError("--tokenizer char needs a corpus and cannot describe a pretrained model's vocabulary; "
                    "pass gpt2, another tiktoken encoding, or a tokenizer file.")
@@ -295,14 +302,24 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
         raise ZooError(f"unknown --dtype {dtype!r}; choose float32, bfloat16 or float16.")
     tok_cfg = tokenizer_config_for(src, cfg, tokenizer)
     from .tokenizers import from_config
-    tok = from_config(tok_cfg)
+    try:
+        tok_size = from_config(tok_cfg).vocab_size
+    except ZooError:
+        if tok_cfg.get("type") != "hf" or _has_tokenizers():
+            raise
+        # the weights need no extra package; only encoding text will (zoo.load names it then)
+        import sys
+        print("zoo: note: this model's tokenizer.json is kept with the run, but encoding text with it needs "
+              "the `tokenizers` package (pip install 'zoo[hf]'); its vocabulary size was not checked.",
+              file=sys.stderr)
+        tok_size = None
     if tok_cfg.get("type") == "hf":  # ids the config names but the vocabulary lacks (e.g. a default 50256)
         for k in ("eot", "bos"):
-            if tok_cfg.get(k) is not None and not 0 <= tok_cfg[k] < min(tok.vocab_size, spec["vocab_size"]):
+            if tok_cfg.get(k) is not None and not 0 <= tok_cfg[k] < min(tok_size or spec["vocab_size"],
+                                                                         spec["vocab_size"]):
                 tok_cfg[k] = None
-        tok = from_config(tok_cfg)
-    if tok.vocab_size > spec["vocab_size"]:
-        raise ZooError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary only "
+    if tok_size and tok_size > spec["vocab_size"]:
+        raise ZooError(f"the tokenizer has {tok_size} tokens but the model's vocabulary only "
                        f"{spec['vocab_size']}; they do not belong together. Nothing was written.")
     sd = convert_to_zoo(spec, read_weights(src), arch, tdtype)
     manifest = {"version": 1, "presets": {name: preset}, "models": {name: entry}}

@@ -411,3 +411,22 @@ def test_every_exportable_named_model_matches_transformers(name, tmp_path):
 def save_checkpoint_for(model, spec, run):
     from zoo.checkpoint import plugins_of, save_checkpoint
     save_checkpoint(run / "ckpt.pt", {"model": model.state_dict(), "spec": spec, "plugins": plugins_of(spec), "step": 0})
+
+
+def test_import_without_the_tokenizers_package(tmp_path, monkeypatch):
+    """A Llama directory with a tokenizer.json imports without `tokenizers`; encoding then names the package."""
+    from zoo.hf_archs import Llama
+    from zoo.hf import spec_from_config, convert_from_zoo
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+           "intermediate_size": 96, "vocab_size": 100, "eos_token_id": 1}
+    spec, _, _ = spec_from_config(cfg, "x")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(cfg))
+    save_file(convert_from_zoo(spec, zoo.build_from_spec(spec).state_dict(), Llama), src / "model.safetensors")
+    (src / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "WordLevel", "vocab": {}}}')
+    import sys
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
+    import_hf(str(src), tmp_path / "run")
+    with pytest.raises(ZooError, match="tokenizers"):
+        zoo.load(tmp_path / "run")
