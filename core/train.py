@@ -28,12 +28,16 @@ from pathlib import Path
 
 from .errors import ZooError
 
-# Training recipes per size preset. baby and char are nanoGPT's shakespeare_char recipes
-# (README and config/train_shakespeare_char.py); 124m is its GPT-2 small recipe.
+# Training recipes per size preset. char is nanoGPT's shakespeare_char recipe
+# (config/train_shakespeare_char.py) and 124m its GPT-2 small recipe. baby is nanoGPT's CPU baby
+# recipe (README: 2000 iterations, batch 12, warmup 100, beta2 0.99) with twice its learning rate,
+# 2e-3 -> 2e-4 instead of 1e-3 -> 1e-4: measured on gpt2 (docs/train.md), nanoGPT's rates end at
+# val loss 1.899 and 1.886 (two seeds), short of the 1.88 nanoGPT reports; 2e-3 ends at 1.807.
+# `--lr 1e-3 --min-lr 1e-4` gives nanoGPT's rates exactly.
 RECIPES = {
     "tiny": dict(max_iters=300, batch_size=16, lr=1e-3, min_lr=1e-4, warmup=30, beta2=0.99,
                  eval_interval=100, eval_iters=10),
-    "baby": dict(max_iters=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=100, beta2=0.99,
+    "baby": dict(max_iters=2000, batch_size=12, lr=2e-3, min_lr=2e-4, warmup=100, beta2=0.99,
                  eval_interval=250, eval_iters=100),
     "char": dict(max_iters=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup=100, beta2=0.99,
                  eval_interval=250, eval_iters=200),
