@@ -391,6 +391,8 @@ class Trainer:
             if cfg.tokenizer is None and recipe_tok and not cfg.data:
                 cfg.tokenizer = recipe_tok
         cfg.fill(preset)
+        if not self.ckpt:
+            zoo.resolve(name, preset, **cfg.overrides)  # an unknown model or override fails before the data is read
 
         # data and tokenizer before anything is written
         self.tok, train_arrays, val_arrays, what = load_data(cfg, self.ckpt["tokenizer"] if self.ckpt else None)
