@@ -155,7 +155,7 @@ class Dist:
         if device_pref == "cuda" and self.world > 1:
             device_pref = f"cuda:{self.local_rank}"
         self.device = torch.device(device_pref)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
         self.enabled = self.world > 1
         if self.enabled and not dist.is_initialized():
@@ -452,7 +452,7 @@ class Trainer:
                 from torch.nn.parallel import DistributedDataParallel as DDP
                 self.wrapped = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
-        fused = dev.type == "cuda"
+        fused = dev.type == "cuda" and not (self.dist.enabled and cfg.fsdp)  # fused kernels take plain tensors
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                      betas=(cfg.beta1, cfg.beta2), fused=fused or None)
         self.step = 0
