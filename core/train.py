@@ -555,6 +555,13 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter
+        if self.ckpt:
+            # TensorBoard reads a run's event files in name order, and names start with the creation
+            # second: make sure the resumed run's file sorts after the files it continues.
+            stamps = [int(p.name.split(".")[3]) for p in self.run_dir.glob("events.out.tfevents.*")
+                      if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+            while stamps and int(time.time()) <= max(stamps):
+                time.sleep(0.05)
         # on resume, hide what a killed process logged after its last checkpoint
         return SummaryWriter(log_dir=str(self.run_dir), purge_step=self.step + 1 if self.ckpt else None)
 
