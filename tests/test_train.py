@@ -248,3 +248,12 @@ def test_early_stop_after_evaluations_without_improvement(tmp_path, corpus):
                                     data=str(corpus), out=str(tmp_path)))
     assert res["steps"] == 5 and [s for s, _ in res["val_history"]] == [0, 5]
     assert load_checkpoint(res["run_dir"])["step"] == 5
+
+
+def test_without_a_preset_the_cpu_gets_the_baby_recipe_and_is_told_so(tmp_path, corpus, capsys):
+    assert main(["train", "gpt2", "--data", str(corpus), "--out", str(tmp_path), "--max-iters", "1",
+                 "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "no --preset given: using 'baby'" in err
+    ck = load_checkpoint(next(tmp_path.glob("gpt2/*")))
+    assert ck["spec"]["preset"] == "baby" and ck["spec"]["n_layers"] == 4 and ck["train"]["batch_size"] == 12
