@@ -196,6 +196,7 @@ def test_moe_models_train_with_bf16_inputs():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 def test_moe_and_mla_under_autocast():
     """fp32 weights, bf16 autocast (how the trainer runs on GPUs): a training step runs."""
     torch.manual_seed(0)
