@@ -8,9 +8,8 @@ summed with the (optionally renormalised) scores as weights, plus the output of 
 always-on shared experts. Experts have the form of an FFN plugin: ``swiglu`` or ``mlp`` experts
 keep their weights stacked, (E, C, H), and run without a Python loop over experts: the token
 copies are sorted by expert and go through grouped matrix products
-(``torch.nn.functional.grouped_mm`` / ``torch._grouped_mm``) on CUDA where this torch and dtype
-have them, else (and on the CPU, where it measured faster) through a batched product over the
-experts padded to the busiest one. Experts of any other registered FFN plugin are instances of
+(``torch.nn.functional.grouped_mm`` / ``torch._grouped_mm``) where this torch, device and dtype
+have them, else through a batched product over the experts padded to the busiest one. Experts of any other registered FFN plugin are instances of
 it, run one expert after another.
 
 Load balancing: ``aux_loss`` adds Switch's loss coef * E * sum_i f_i * P_i to the training loss
@@ -65,7 +64,7 @@ PARAMS = {
                             "description": "expert capacity as a multiple of the even share of token copies; "
                                            "copies over it are dropped; null: dropless"},
         "dispatch": {"enum": ["auto", "grouped", "batched", "loop"], "default": "auto",
-                     "description": "auto: grouped matrix products on CUDA where available, else batched "
+                     "description": "auto: grouped matrix products where available, else batched "
                                     "(padded bmm); loop: a Python loop over experts (the reference)"},
     },
 }
@@ -243,12 +242,9 @@ class MoE(nn.Module):
             return "loop"
         if self.dispatch != "auto":
             return self.dispatch
-        # grouped_mm on CUDA; on the CPU the padded bmm measured faster than torch's grouped_mm
-        # (benchmarks/moe_kan.py, docs/components.md)
+        # grouped_mm wherever it runs (it measured fastest on the CPU too: docs/components.md)
         aligned = all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], self.hidden))
-        if x.is_cuda and aligned and grouped_mm_available(x.device, x.dtype):
-            return "grouped"
-        return "batched"
+        return "grouped" if aligned and grouped_mm_available(x.device, x.dtype) else "batched"
 
     def forward(self, x):  # x: (B, T, C)
         B, T, C = x.shape
