@@ -63,3 +63,21 @@ def test_report_json_and_vs(tmp_path, capsys):
     assert "train vs old" in text and "x" in text.split("train vs old")[-1]
     assert "gpt2" in format_report(data)
     assert main(["bench", "nosuch", "--preset", "tiny"]) == 2
+
+
+def test_every_builtin_component_reports_its_flops():
+    for name in zoo.list_models():
+        f = model_flops_per_token(zoo.build(name, "tiny"), 32)
+        assert f["estimated_from_params"] == [], name
+
+
+def test_moe_flops_count_only_the_experts_a_token_uses():
+    top2 = zoo.build("mixtral", "tiny")
+    top1 = zoo.build("mixtral", "tiny", **{"ffn.params.top_k": 1})
+    more = zoo.build("mixtral", "tiny", **{"ffn.params.n_experts": 16})
+    L, C = top2.spec["n_layers"], top2.spec["d_model"]
+    moe = top2.blocks[0].ffn
+    one_expert = 2 * (moe.w_in[0].numel() + moe.w_out[0].numel())
+    f = {k: model_flops_per_token(m, 32)["forward"] for k, m in (("top2", top2), ("top1", top1), ("more", more))}
+    assert f["top2"] - f["top1"] == L * one_expert
+    assert f["more"] - f["top2"] == L * 2 * C * 8  # eight more experts cost only their router columns

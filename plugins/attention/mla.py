@@ -127,6 +127,12 @@ class MultiHeadLatentAttention(nn.Module):
         rank, _, _, rope, _ = mla_sizes(dims, params)
         return rank + rope
 
+    def flops_per_token(self, seq_len):
+        """Forward FLOPs per token as trained (materialized keys and values): every projection,
+        plus QK^T over nope+rope features and AV over v features for each head, over the context."""
+        proj = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 2 * proj + 2 * seq_len * self.n_heads * (self.nope + self.rope + self.v_dim)
+
     def new_cache(self, batch, max_len, device=None, dtype=None):
         return LatentCache(batch, max_len, self.rank, self.rope, device=device, dtype=dtype)
 

@@ -135,6 +135,11 @@ class KAN(nn.Module):
             return [f"grid_range={[lo, hi]} is empty; give [low, high] with low < high"]
         return []
 
+    def flops_per_token(self, seq_len):
+        """Forward FLOPs per token: the base and spline matmuls of both layers (the spline one over
+        all n_in x n_basis basis values, as it is computed); evaluating the basis is not counted."""
+        return 2 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
     def forward(self, x):  # x: (B, T, C)
         B, T, C = x.shape
         h = self.fc(x.reshape(B * T, C))  # (B*T, hidden)

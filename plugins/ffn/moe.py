@@ -152,6 +152,19 @@ class MoE(nn.Module):
         self.aux_loss = None
         self._stats = None
 
+    def flops_per_token(self, seq_len):
+        """Forward FLOPs per token with the experts a token actually uses: the router, top_k routed
+        experts and the shared experts (not all n_experts)."""
+        router = 2 * self.router.weight.numel()
+        if self.experts is None:  # stacked weights: one expert's in and out matrices
+            expert = 2 * (self.w_in[0].numel() + self.w_out[0].numel())
+        else:
+            e = self.experts[0]
+            fn = getattr(e, "flops_per_token", None)
+            expert = fn(seq_len) if fn is not None else 2 * sum(p.numel() for p in e.parameters())
+        shared = self.shared.flops_per_token(seq_len) if self.shared is not None else 0
+        return router + self.top_k * expert + shared
+
     @staticmethod
     def _hidden(dims, expert, mult):
         p = expert.get("params", {})
