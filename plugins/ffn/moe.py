@@ -79,6 +79,7 @@ def grouped_mm_fn():
     return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
+@torch.compiler.disable  # a probe: run it eagerly, also when first asked from a compiled model
 def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether grouped_mm runs forward and backward here (probed once per device type and dtype:
     it is CUDA-only, SM80+ or bfloat16-only in some torch versions)."""
@@ -257,6 +258,10 @@ class MoE(nn.Module):
             return self.dispatch
         # grouped_mm wherever it runs (it measured fastest on the CPU too: docs/components.md)
         aligned = all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], self.hidden))
+        if torch.compiler.is_compiling() and x.device.type != "cuda":
+            # tracing grouped_mm for CPU inputs fails in torch's meta kernel (seen on torch 2.13,
+            # CPU build), so a compiled graph off CUDA takes the batched product, which compiles
+            return "batched"
         return "grouped" if aligned and grouped_mm_available(x.device, x.dtype) else "batched"
 
     def forward(self, x):  # x: (B, T, C)
