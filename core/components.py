@@ -213,10 +213,6 @@ def init_residual_(linear: nn.Linear):
     return linear
 
 
-def norm_class(kind: str):
-    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[kind]
-
-
 def make_norm(kind: str, dim: int, bias: bool = True, eps: float | None = None):
     """A LayerNorm (eps 1e-5 unless given) or RMSNorm (eps 1e-6 unless given)."""
     if kind == "layernorm":

@@ -175,7 +175,6 @@ class Generation:
 
     def __init__(self, model, prompts, max_new_tokens=256, sampling: SamplingParams | None = None, *,
                  seed=None, eot=None, vocab_size=None, use_cache=True, compile=False):
-        import torch
         self.model = _unwrap(model)
         self.sampling = (sampling or SamplingParams()).validate()
         self.max_new_tokens = int(max_new_tokens)

@@ -30,7 +30,7 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         try:
             return [self.stoi[c] for c in text]
-        except KeyError as e:
+        except KeyError:
             unseen = sorted({c for c in text if c not in self.stoi})
             raise ZooError(f"the char tokenizer has never seen {''.join(unseen)!r} (not in its training "
                            f"corpus); use only characters from: {self.chars!r}") from None

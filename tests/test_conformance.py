@@ -1,5 +1,4 @@
 """The conformance kit over the whole registry, and proof that the kit catches broken components."""
-import pytest
 import torch
 import torch.nn as nn
 

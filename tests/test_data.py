@@ -1,6 +1,5 @@
 """Data: dataset lookup, nanoGPT's split, the window sampler, token shards, and the trained BPE."""
 import json
-import os
 
 import numpy as np
 import pytest

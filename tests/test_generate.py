@@ -14,7 +14,7 @@ import zoo
 from zoo.checkpoint import plugins_of, save_checkpoint
 from zoo.cli import main as zoo_main
 from zoo.errors import ZooError
-from zoo.generate import (Generation, SamplingParams, bench_cache, generate, generate_text, next_token_probs,
+from zoo.generate import (SamplingParams, bench_cache, generate, generate_text, next_token_probs,
                           stream_text)
 from zoo.tokenizers import CharTokenizer, save_config
 

@@ -6,7 +6,7 @@ import pytest
 import zoo
 from zoo.errors import ManifestError
 from zoo.hookspecs import hookimpl
-from zoo.manifest import add_user_manifests, parse_override, resolve_spec
+from zoo.manifest import parse_override, resolve_spec
 from zoo.registry import load_registry
 
 

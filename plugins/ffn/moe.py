@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.components import init_residual_
 from zoo.hookspecs import hookimpl
 
 STACKED = ("swiglu", "mlp")  # expert forms with stacked weights and grouped dispatch
