@@ -5,7 +5,9 @@ import json
 import pytest
 
 import zoo
-from zoo.bench import format_report, model_flops_per_token, run_bench
+from zoo.cli.bench import format_report
+from zoo.perf.bench import run_bench
+from zoo.perf.flops import model_flops_per_token
 from zoo.cli import main
 
 

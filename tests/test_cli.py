@@ -25,7 +25,7 @@ def test_list(capsys):
     code, out, _ = run(capsys, "list", "gpt2-*", "--json")
     data = json.loads(out)
     assert {d["name"] for d in data} == set(zoo.list_models("gpt2-*"))
-    assert all(d["params"] > 0 for d in data)
+    assert all(d["params"] == zoo.param_count(zoo.resolve(d["name"], d["preset"])) for d in data)
 
 
 def test_show_reports_params_and_kv_cache(capsys):

@@ -4,7 +4,7 @@ import torch.nn as nn
 
 import zoo
 from zoo.components import KVCache, causal_sdpa
-from zoo.registry import Component
+from zoo.plugin.registry import Component
 from zoo.testing import checks_for, parametrize_with_checks, run_checks
 from zoo_plugins.attention.gqa import GroupedQueryAttention, TAGS as GQA_TAGS, MHA_PARAMS
 from zoo_plugins.ffn.mlp import MLP, PARAMS as MLP_PARAMS, TAGS as MLP_TAGS

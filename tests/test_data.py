@@ -6,7 +6,8 @@ import pytest
 
 import zoo
 from zoo import data as D
-from zoo.bpe import BPETokenizer, train_bpe
+from zoo.data import corpus
+from zoo.tokenizers.bpe import BPETokenizer, train_bpe
 from zoo.cli import main
 from zoo.tokenizers import CharTokenizer, get_tokenizer, load_config
 
@@ -22,8 +23,8 @@ def test_split_is_nanogpt_first_90_percent():
 @needs_data()
 def test_find_dataset_uses_zoo_data_dir_and_data_flag(tmp_path, monkeypatch):
     p = D.find_dataset("tinyshakespeare")
-    assert p.name == "tinyshakespeare.txt" and p.stat().st_size == D.TINYSHAKESPEARE["size"]
-    assert D._sha256(p) == D.TINYSHAKESPEARE["sha256"]
+    assert p.name == "tinyshakespeare.txt" and p.stat().st_size == corpus.TINYSHAKESPEARE["size"]
+    assert corpus._sha256(p) == corpus.TINYSHAKESPEARE["sha256"]
     assert D.find_dataset("tinyshakespeare", str(p.parent)) == p  # a directory holding the file
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path))
     with pytest.raises(zoo.ZooError, match="does not hold tinyshakespeare.txt"):
@@ -33,7 +34,7 @@ def test_find_dataset_uses_zoo_data_dir_and_data_flag(tmp_path, monkeypatch):
 def test_offline_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    bad = dict(D.TINYSHAKESPEARE, url="http://127.0.0.1:9/tinyshakespeare.txt")  # nothing listens there
+    bad = dict(corpus.TINYSHAKESPEARE, url="http://127.0.0.1:9/tinyshakespeare.txt")  # nothing listens there
     monkeypatch.setitem(D.DATASETS, "tinyshakespeare", bad)
     with pytest.raises(zoo.ZooError) as e:
         D.find_dataset("tinyshakespeare")
@@ -124,7 +125,7 @@ def test_hf_streaming_without_datasets_package_says_what_to_install(tmp_path, ca
 def _apply_merges(text, merges):
     """Reference BPE encoding: apply the learned merges in order to each pre-token's bytes."""
     import regex
-    from zoo.bpe import GPT2_PATTERN
+    from zoo.tokenizers.bpe import GPT2_PATTERN
     rank = {m: i for i, m in enumerate(merges)}
     out = []
     for chunk in regex.findall(GPT2_PATTERN, text):

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch.distributed as dist
 
-from zoo.compare import read_run
-from zoo.checkpoint import load_checkpoint
+from zoo.train.compare import read_run
+from zoo.io.checkpoint import load_checkpoint
 
 from conftest import needs_data
 
@@ -67,7 +67,7 @@ def test_fsdp2_fully_shard_gives_the_ddp_curve_and_a_full_checkpoint(tmp_path, c
     a, b = _curve(tmp_path / "gpt2" / "ddp"), _curve(tmp_path / "gpt2" / "fsdp")
     assert len(a) == len(b) == 8 and all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(a, b))
     # the sharded run's checkpoint holds full tensors: it loads into an ordinary model
-    from zoo.checkpoint import model_from_checkpoint
+    from zoo.io.checkpoint import model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(tmp_path / "gpt2" / "fsdp"))
     ref = load_checkpoint(tmp_path / "gpt2" / "ddp")["model"]
     for k, v in model.state_dict().items():

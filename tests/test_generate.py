@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import plugins_of, save_checkpoint
+from zoo.io.checkpoint import plugins_of, save_checkpoint
 from zoo.cli import main as zoo_main
 from zoo.errors import ZooError
-from zoo.generate import (SamplingParams, bench_cache, generate, generate_text, next_token_probs,
-                          stream_text)
-from zoo.tokenizers import CharTokenizer, save_config
+from zoo.generate import SamplingParams, generate, generate_text, next_token_probs, stream_text
+from zoo.perf.bench import bench_cache
+from zoo.io.atomic import write_json
+from zoo.tokenizers import CharTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nROMEO: O, she doth teach the torches!"
 TOK = CharTokenizer.from_text(TEXT)
@@ -31,7 +32,7 @@ def _save_run(path, name, tokenizer_in_ckpt=True, **overrides):
         payload["tokenizer"] = TOK.config()
     save_checkpoint(path / "ckpt.pt", payload)
     (path / "spec.json").write_text("{}")
-    save_config(TOK, path / "tokenizer.json")
+    write_json(path / "tokenizer.json", TOK.config())
     return path
 
 

@@ -15,8 +15,8 @@ import torch
 
 import zoo
 from zoo.errors import ZooError
-from zoo.hf import export_hf, import_hf
-from zoo.safetensors_io import load_file, save_file
+from zoo.interop.hf.convert import export_hf, import_hf
+from zoo.io.safetensors import load_file, save_file
 
 VOCAB = 100
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
@@ -172,7 +172,7 @@ def gpt2_dir(tmp_path):
     torch.manual_seed(0)
     spec = zoo.resolve("gpt2", "tiny", **{"ffn.params.approximate": "tanh"})
     model = zoo.build_from_spec(spec)
-    from zoo.checkpoint import plugins_of, save_checkpoint
+    from zoo.io.checkpoint import plugins_of, save_checkpoint
     save_checkpoint(tmp_path / "zoo" / "ckpt.pt", {"model": model.state_dict(), "spec": spec, "plugins": plugins_of(spec),
                                                    "tokenizer": {"type": "tiktoken", "encoding": "gpt2"}, "step": 0})
     export_hf(tmp_path / "zoo", tmp_path / "hf")
@@ -307,7 +307,7 @@ def test_unknown_architecture_and_unmappable_option(gpt2_dir, tmp_path):
 
 
 def test_refused_options_of_other_architectures(tmp_path):
-    from zoo.hf import spec_from_config
+    from zoo.interop.hf.convert import spec_from_config
     llama = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
              "intermediate_size": 96, "vocab_size": 100}
     spec, _, _ = spec_from_config(llama, "ok")
@@ -352,7 +352,7 @@ def test_output_directory_is_not_overwritten(gpt2_dir, tmp_path):
 
 def test_export_refuses_a_spec_without_hf_architecture(tmp_path):
     spec = zoo.resolve("gpt2-alibi", "tiny")
-    from zoo.checkpoint import save_checkpoint
+    from zoo.io.checkpoint import save_checkpoint
     save_checkpoint(tmp_path / "run" / "ckpt.pt", {"model": zoo.build_from_spec(spec).state_dict(), "spec": spec,
                                                    "step": 0})
     with pytest.raises(ZooError, match="posenc is not learned"):
@@ -388,7 +388,7 @@ def test_every_exportable_named_model_matches_transformers(name, tmp_path):
     """Every model of the registry (tiny preset, random weights) that an HF architecture can express is
     exported and run by transformers: the zoo's own components against code nobody here wrote."""
     tr = pytest.importorskip("transformers", reason="parity tests need the optional extra: pip install 'zoo[hf]'")
-    from zoo.hf import export_arch
+    from zoo.interop.hf.convert import export_arch
     spec = zoo.resolve(name, "tiny")
     try:
         export_arch(spec)
@@ -409,14 +409,14 @@ def test_every_exportable_named_model_matches_transformers(name, tmp_path):
 
 
 def save_checkpoint_for(model, spec, run):
-    from zoo.checkpoint import plugins_of, save_checkpoint
+    from zoo.io.checkpoint import plugins_of, save_checkpoint
     save_checkpoint(run / "ckpt.pt", {"model": model.state_dict(), "spec": spec, "plugins": plugins_of(spec), "step": 0})
 
 
 def test_import_without_the_tokenizers_package(tmp_path, monkeypatch):
     """A Llama directory with a tokenizer.json imports without `tokenizers`; encoding then names the package."""
-    from zoo.hf_archs import Llama
-    from zoo.hf import spec_from_config, convert_from_zoo
+    from zoo.interop.hf.archs import Llama
+    from zoo.interop.hf.convert import spec_from_config, convert_from_zoo
     cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
            "intermediate_size": 96, "vocab_size": 100, "eos_token_id": 1}
     spec, _, _ = spec_from_config(cfg, "x")

@@ -38,7 +38,12 @@ def test_wheel_contents(wheel):
     tops = {n.split("/")[0] for n in names}
     assert "core" not in tops and "plugins" not in tops
     assert {"zoo", "zoo_plugins"} <= tops
-    assert "zoo_plugins/zoo.json" in names and "zoo/schema/manifest.schema.json" in names
+    assert "zoo_plugins/zoo.json" in names and "zoo/spec/schema/manifest.schema.json" in names
+    # every package of the source tree and every template ships (pyproject lists the packages by hand)
+    inits = {"/".join(("zoo",) + p.relative_to(ROOT / "core").parts) for p in (ROOT / "core").rglob("__init__.py")}
+    assert len(inits) > 10 and inits <= set(names), sorted(inits - set(names))
+    templates = {f"zoo/plugin/templates/{p.name}" for p in (ROOT / "core" / "plugin" / "templates").glob("*.tmpl")}
+    assert templates and templates <= set(names)
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     assert "[zoo]" in text and "zoo_plugins.attention.gqa" in text and "zoo = zoo.cli:main" in text

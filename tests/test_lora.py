@@ -1,13 +1,14 @@
-"""LoRA adapters (zoo.lora) and zoo finetune on the trainer of zoo train."""
+"""LoRA adapters (zoo.nn.lora, zoo.train.finetune) and zoo finetune on the trainer of zoo train."""
 import json
 
 import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import load_checkpoint, plugins_of, save_checkpoint
+from zoo.io.checkpoint import load_checkpoint, plugins_of, save_checkpoint
 from zoo.errors import ZooError
-from zoo.lora import is_adapter_key, load_adapter, merge_state_dict, parse_lora
+from zoo.nn.lora import is_adapter_key, merge_state_dict, parse_lora
+from zoo.train.finetune import load_adapter
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
@@ -84,7 +85,7 @@ def base_run(tmp_path):
 
 
 def _finetune(base, data, out, lora, **kw):
-    from zoo.lora import finetune
+    from zoo.train.finetune import finetune
     from zoo.train import TrainConfig
     cfg = TrainConfig(data=str(data), out=str(out), max_iters=6, batch_size=2, eval_interval=3, eval_iters=1,
                       log_interval=3, sample_tokens=0, device="cpu", **kw)

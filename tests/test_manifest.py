@@ -6,8 +6,9 @@ import pytest
 import zoo
 from zoo.errors import ManifestError
 from zoo.hookspecs import hookimpl
-from zoo.manifest import parse_override, resolve_spec
-from zoo.registry import load_registry
+from zoo.spec.manifest import parse_override
+from zoo.spec.resolve import resolve_spec
+from zoo.spec.catalog import load_registry
 
 
 def resolve(name, preset="tiny", **ov):
@@ -16,7 +17,7 @@ def resolve(name, preset="tiny", **ov):
 
 def test_builtin_manifest_is_valid_against_the_schema():
     from jsonschema import Draft202012Validator
-    from zoo.manifest import manifest_schema
+    from zoo.spec.manifest import manifest_schema
     from zoo_plugins.models import builtin_manifest
     Draft202012Validator.check_schema(manifest_schema())
     errors = list(Draft202012Validator(manifest_schema()).iter_errors(builtin_manifest()))

@@ -7,6 +7,21 @@ import zoo
 MODELS = zoo.list_models()
 PRESETS = list(zoo.get_registry().presets)
 
+# Parameters of every named model at every preset, as aaa45bd counted them
+# (before the layout of issue 11); gpt2 at 124m is GPT-2 small with its vocabulary padded to 50304.
+PARAM_COUNTS = {
+    "deepseek": {"tiny": 201_152, "baby": 1_793_920, "char": 24_122_496, "124m": 272_656_128},
+    "gpt2": {"tiny": 108_288, "baby": 809_856, "char": 10_770_816, "124m": 124_475_904},
+    "gpt2-alibi": {"tiny": 106_240, "baby": 801_664, "char": 10_672_512, "124m": 123_689_472},
+    "gpt2-kan": {"tiny": 106_808, "baby": 809_060, "char": 10_776_450, "124m": 124_387_836},
+    "gpt2-mla": {"tiny": 119_632, "baby": 908_480, "char": 11_188_416, "124m": 120_438_144},
+    "gpt2-mqa-sin": {"tiny": 93_761, "baby": 702_593, "char": 9_194_113, "124m": 110_696_449},
+    "gpt2-nope": {"tiny": 106_240, "baby": 801_664, "char": 10_672_512, "124m": 123_689_472},
+    "gpt2-rope-gqa": {"tiny": 97_920, "baby": 735_616, "char": 9_489_792, "124m": 111_877_632},
+    "llama": {"tiny": 110_912, "baby": 804_224, "char": 9_492_096, "124m": 150_424_320},
+    "mixtral": {"tiny": 628_032, "baby": 4_937_088, "char": 59_055_744, "124m": 546_859_776},
+}
+
 
 def test_manifest_has_the_required_models_and_presets():
     assert {"gpt2", "gpt2-rope-gqa", "gpt2-mqa-sin", "gpt2-alibi", "gpt2-nope", "llama"} <= set(MODELS)
@@ -18,8 +33,14 @@ def test_manifest_has_the_required_models_and_presets():
 def test_every_model_resolves_and_builds_at_every_preset(name, preset):
     spec = zoo.resolve(name, preset)
     n = zoo.param_count(spec)  # built on the meta device: no weights allocated
-    assert n > 0
+    assert name in PARAM_COUNTS, f"pin the parameter count of the new model {name!r} in PARAM_COUNTS"
+    assert n == PARAM_COUNTS[name][preset]
     assert spec["preset"] == preset
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_counting_on_the_meta_device_equals_real_weights(name):
+    assert zoo.build(name, "tiny").num_params() == zoo.param_count(zoo.resolve(name, "tiny")) == PARAM_COUNTS[name]["tiny"]
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -183,7 +183,7 @@ def test_layer_overrides_are_validated_with_their_path():
 
 
 def test_checkpoint_plugins_include_layer_components():
-    from zoo.checkpoint import plugins_of
+    from zoo.io.checkpoint import plugins_of
     assert plugins_of(zoo.resolve("deepseek", "tiny")) == {"zoo": zoo.__version__}
 
 

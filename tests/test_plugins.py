@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from zoo import PLUGIN_API_VERSION
-from zoo.registry import DEFAULT_PLUGIN_API, api_problem, declared_api
+from zoo.plugin.registry import DEFAULT_PLUGIN_API, api_problem, declared_api
 
 FFN = """
 import torch.nn as nn
@@ -252,7 +252,7 @@ def test_docs_list_every_check_of_the_kit():
 
 LOAD_CKPT = """
 import sys
-from zoo.checkpoint import load_checkpoint
+from zoo.io.checkpoint import load_checkpoint
 from zoo.errors import ZooError
 try:
     load_checkpoint(sys.argv[1])
@@ -264,7 +264,7 @@ except ZooError as e:
 def test_a_checkpoint_whose_plugin_is_refused_says_why(site, tmp_path):
     # trained with zoo-future-api's ffn; that distribution is installed but built for API 2.0
     import zoo
-    from zoo.checkpoint import save_checkpoint
+    from zoo.io.checkpoint import save_checkpoint
     spec = zoo.resolve("gpt2", "tiny")
     spec["ffn"] = {"name": "future-ffn", "params": {}}
     save_checkpoint(tmp_path / "ckpt.pt", {"model": {}, "spec": spec, "plugins": {"zoo": "0.1.0", "zoo-future-api": "1.0"}})
@@ -280,7 +280,7 @@ def test_a_checkpoint_whose_plugin_is_refused_says_why(site, tmp_path):
 def test_register_a_whole_manifest_and_a_bad_one_is_a_problem_of_its_distribution():
     import types
     from zoo.hookspecs import hookimpl
-    from zoo.registry import load_registry
+    from zoo.spec.catalog import load_registry
 
     @hookimpl
     def good(register):

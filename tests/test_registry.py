@@ -8,7 +8,8 @@ import pytest
 import zoo
 from zoo.errors import PluginError
 from zoo.hookspecs import hookimpl
-from zoo.registry import PluginWarning, load_registry
+from zoo.plugin.registry import PluginWarning
+from zoo.spec.catalog import load_registry
 from zoo_plugins.ffn.mlp import MLP, PARAMS as MLP_PARAMS
 
 

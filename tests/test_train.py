@@ -1,6 +1,7 @@
 """The trainer: exact resume after SIGKILL, a non-finite loss, bad input, the schedule, weight decay
 groups, and what a run writes (TensorBoard scalars, hparams, text samples) as `zoo compare` reads it."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,9 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import load_checkpoint
+from zoo.io.checkpoint import load_checkpoint
 from zoo.cli import main
-from zoo.compare import read_run
+from zoo.train.compare import read_run
 from zoo.train import TrainConfig, Trainer, lr_at, param_groups, train
 
 from conftest import needs_data
@@ -257,3 +258,50 @@ def test_without_a_preset_the_cpu_gets_the_baby_recipe_and_is_told_so(tmp_path, 
     assert "no --preset given: using 'baby'" in err
     ck = load_checkpoint(next(tmp_path.glob("gpt2/*")))
     assert ck["spec"]["preset"] == "baby" and ck["spec"]["n_layers"] == 4 and ck["train"]["batch_size"] == 12
+
+
+def test_mfu_uses_the_components_flops_counted_by_hand(tmp_path, corpus):
+    """The trainer's MFU: 3 x the forward FLOPs that the components report (zoo.perf.flops), counted
+    here by hand for gpt2 at tiny (the char vocabulary of the corpus), over a peak set for the test."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    t = Trainer("gpt2", TrainConfig(**dict(SMALL, max_iters=4, eval_interval=4), data=str(corpus),
+                                    out=str(tmp_path), run_id="mfu"))
+    L, C, T, V = 2, 64, 32, t.spec["vocab_size"]
+    attention = 2 * (C * 3 * C + C * C) + 4 * T * C  # qkv and output projections; QK^T and AV over T keys
+    mlp = 2 * (C * 4 * C + 4 * C * C)
+    head = 2 * V * C
+    assert t.flops_tok == 3 * (L * (attention + mlp) + head)
+    t.peak = 1e9  # no datasheet peak on a CPU: give it one, so the MFU is logged
+    t.fit()
+    acc = EventAccumulator(str(tmp_path / "gpt2" / "mfu"))
+    acc.Reload()
+    tps = {e.step: e.value for e in acc.Scalars("train/tokens_per_sec")}
+    mfu = {e.step: e.value for e in acc.Scalars("train/mfu")}
+    assert mfu and set(mfu) == set(tps)
+    for step, v in mfu.items():
+        assert v == pytest.approx(tps[step] * t.flops_tok / 1e9, rel=1e-5)
+
+
+def test_a_presets_training_recipe_comes_from_the_manifest(tmp_path, corpus, fresh_registry):
+    """Each preset carries its recipe as data (zoo.json "train"); a user's preset brings its own, and
+    what the user sets wins over it."""
+    from zoo.spec.manifest import manifest_schema
+    from zoo.train.config import config_fields
+    recipe_keys = set(manifest_schema()["$defs"]["recipe"]["properties"])
+    assert recipe_keys <= config_fields()
+    assert all("train" in zoo.get_registry().presets[p].entry for p in ("tiny", "baby", "char", "124m"))
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"version": 1, "presets": {"mine": {
+        "n_layers": 1, "n_heads": 2, "d_model": 32, "block_size": 16, "vocab_size": 65,
+        "train": {"max_iters": 3, "batch_size": 2, "lr": 5e-4, "min_lr": 5e-5, "warmup": 1, "beta2": 0.9,
+                  "eval_interval": 3, "eval_iters": 1, "weight_decay": 0.05, "sample_tokens": 0}}}}))
+    zoo.configure([str(m)])
+    t = Trainer("gpt2", TrainConfig(preset="mine", data=str(corpus), out=str(tmp_path), lr=7e-4))
+    c = t.cfg
+    assert (c.max_iters, c.batch_size, c.min_lr, c.warmup, c.beta2, c.weight_decay) == (3, 2, 5e-5, 1, 0.9, 0.05)
+    assert c.lr == 7e-4  # the user's flag wins over the recipe
+    assert c.grad_clip == 1.0 and c.schedule == "cosine"  # what no recipe sets
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": 1, "presets": {"bad": {
+        "n_layers": 1, "n_heads": 2, "d_model": 32, "block_size": 16, "vocab_size": 65, "train": {"lr": -1}}}}))
+    assert main(["--manifest", str(bad), "list"]) == 2

@@ -138,7 +138,7 @@ class MoE(nn.Module):
             self.experts = None
         else:  # experts are instances of another FFN plugin
             import zoo
-            from zoo.manifest import fill_defaults
+            from zoo.spec.resolve import fill_defaults
             comp = zoo.get_registry().get("ffn", self.form)
             params = fill_defaults(comp.params_schema, expert.get("params", {}))
             self.experts = nn.ModuleList(comp.cls(dims, **params) for _ in range(n_experts))

@@ -1,0 +1,134 @@
+"""``zoo bench``: the throughput harness (:mod:`zoo.perf.bench`) and its report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ZooError
+from ..io.atomic import write_json
+from .util import overrides, table
+
+
+def _fmt(x, unit=""):
+    if x is None:
+        return "n/a"
+    for lim, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= lim:
+            return f"{x / lim:.2f}{suf}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def format_report(res, vs=None) -> str:
+    env = res["environment"]
+    lines = [f"zoo bench on {env['device']}, torch {env['torch']}, git {env['git']}, {env['date']}; "
+             f"dtype {res['dtype']}, compile {res['compile']}, preset {res['preset']}",
+             f"matmul peak: measured {_fmt(res['peak_flops_measured'], 'FLOP/s')}, datasheet "
+             f"{_fmt(res['peak_flops_datasheet'], 'FLOP/s')}"]
+    old = {r["model"]: r for r in (vs or {}).get("models", [])}
+    headers = ["model", "params", "train tok/s", "prefill tok/s", "decode b1", "decode bN", "peak mem",
+               "kv B/tok", "MFU (meas.)", "MFU (sheet)"]
+    if vs:
+        headers.append("train vs old")
+    rows = []
+    for r in res["models"]:
+        bn = r.get(f"decode_tokens_per_sec_b{r['decode_batch']}")
+        row = [r["model"], _fmt(r["params"]), _fmt(r["train_tokens_per_sec"]) + f" ±{_spread(r['train_time'])}",
+               _fmt(r["prefill_tokens_per_sec"]), _fmt(r["decode_tokens_per_sec_b1"]), _fmt(bn),
+               _fmt(r["peak_memory_bytes"], "B"), _fmt(r["kv_cache_bytes_per_token"]),
+               f"{100 * r['mfu_vs_measured_peak']:.1f}%",
+               f"{100 * r['mfu_vs_datasheet_peak']:.1f}%" if r["mfu_vs_datasheet_peak"] else "n/a"]
+        if vs:
+            o = old.get(r["model"])
+            row.append(f"{r['train_tokens_per_sec'] / o['train_tokens_per_sec']:.2f}x" if o else "n/a")
+        rows.append(row)
+    lines.append(table(rows, headers))
+    est = sorted({e for r in res["models"] for e in r["flops_per_token"]["estimated_from_params"]})
+    if est:
+        lines.append(f"FLOPs estimated from parameters (no flops_per_token): {', '.join(est)}")
+    for r in res["models"]:
+        for b, err in r["decode_errors"].items():
+            lines.append(f"{r['model']}: decode at batch {b} failed: {err}")
+    if "components" in res:
+        c = res["components"]
+        lines.append(f"\ncomponents, forward+backward at {c['shape']}:")
+        crow = [[x["kind"], x["name"], _fmt(x["time"]["median"], "s") if "time" in x else "error",
+                 f"{x['ratio_vs_reference']:.2f}x" if "ratio_vs_reference" in x else x.get("error", ""),
+                 x.get("reference", "")] for x in c["components"]]
+        lines.append(table(crow, ["kind", "name", "median", "speed vs reference", "reference"]))
+    return "\n".join(lines)
+
+
+def _spread(t):
+    return f"{100 * (t['max'] - t['min']) / (2 * t['median']):.0f}%"
+
+
+def cmd_bench(args):
+    from ..perf.bench import run_bench
+    vs = None
+    if args.vs:
+        try:
+            vs = json.loads(Path(args.vs).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ZooError(f"cannot read --vs {args.vs!r}: {e}") from None
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.cache:
+        return cmd_bench_cache(args)
+    res = run_bench(args.names, args.preset or "tiny", args.device, args.dtype, args.compile, args.batch, args.seq,
+                    args.reps, args.warmup, args.components, args.decode_batch, args.decode_tokens)
+    print(format_report(res, vs))
+    if args.json:
+        write_json(args.json, res)
+        print(f"results written to {args.json}")
+
+
+def cmd_bench_cache(args):
+    """Decoding with the KV cache against recomputing the context (and transformers' generate)."""
+    from ..nn.device import resolve_device
+    from ..perf.bench import bench_cache
+    runs = ([args.only] if args.only else ["cache", "recompute"]) + (["hf"] if args.hf else [])
+    results = []
+    for name in args.names or ["gpt2"]:
+        print(f"{name} at preset {args.preset or 'char'}: {args.new_tokens} new tokens after a "
+              f"{args.prompt_len}-token prompt, batch {args.batch or 1}")
+        results.append(bench_cache(name, args.preset or "char", args.new_tokens, args.prompt_len, args.batch or 1,
+                                   str(resolve_device(args.device or "cpu")), overrides(args.set),
+                                   compile=args.compile, runs=runs, dtype=args.dtype))
+    if args.json:
+        write_json(args.json, results if len(results) > 1 else results[0])
+        print(f"results written to {args.json}")
+
+
+def add_cli(sub):
+    s = sub.add_parser("bench", help="measure throughput, decode speed, memory and MFU of named models",
+                       description="Measure named models: training, prefill and decode tokens/s, memory, MFU "
+                                   "(--components: each component against its reference). With --cache: "
+                                   "decoding with the KV cache against recomputing the context, and with --hf "
+                                   "against transformers' generate (docs/generate.md).")
+    s.add_argument("names", nargs="*", help="models to measure (default: all; with --cache, gpt2)")
+    s.add_argument("--preset", help="size preset (default: tiny; with --cache, char)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --cache: a model override")
+    s.add_argument("--device", help="cpu or cuda (default: cuda when available; with --cache, cpu)")
+    s.add_argument("--dtype", help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on CPU; with --cache, fp32)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model for the training step and "
+                                                          "prefill (with --cache: the decode step)")
+    s.add_argument("--batch", type=int, help="training/prefill batch size (with --cache: sequences decoded, default 1)")
+    s.add_argument("--seq", type=int, help="sequence length (default: the preset's context)")
+    s.add_argument("--reps", type=int, default=5)
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--decode-batch", type=int, default=8)
+    s.add_argument("--decode-tokens", type=int, default=32)
+    s.add_argument("--components", action="store_true", help="also measure each component against its reference")
+    s.add_argument("--cache", action="store_true", help="time decoding with the KV cache against recomputing the "
+                                                        "whole context each step")
+    s.add_argument("--new-tokens", type=int, default=500, help="with --cache: tokens to decode (default 500)")
+    s.add_argument("--prompt-len", type=int, default=1, help="with --cache: prompt tokens (default 1)")
+    s.add_argument("--only", choices=["cache", "recompute"], help="with --cache: time one decoder only")
+    s.add_argument("--hf", action="store_true", help="with --cache: also time transformers' generate on the same "
+                                                     "GPT-2 configuration (needs transformers)")
+    s.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a shared "
+                                               "machine 1 avoids stalls of an oversubscribed thread pool")
+    s.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    s.add_argument("--vs", metavar="FILE", help="print ratios against an earlier --json result")
+    s.set_defaults(fn=cmd_bench)

@@ -1,0 +1,210 @@
+"""``zoo list``, ``zoo show``, ``zoo plugins``, ``zoo validate`` and ``zoo check``: the models and
+components that are registered."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import ZooError
+from ..plugin.contract import KINDS, LAYER_KINDS, SLOT_ATTR
+from ..spec.catalog import configure, configured_manifests, get_registry
+from ..spec.manifest import load_manifest_file
+from ..spec.resolve import resolve_spec
+from ..version import PLUGIN_API_VERSION
+from .util import fmt_params, overrides, table
+
+
+def _comp(spec, kind):
+    c = spec[kind]
+    extra = ",".join(f"{k}={v}" for k, v in c["params"].items() if v is not None)
+    return f"{c['name']}({extra})" if extra else c["name"]
+
+
+def param_count(spec, reg):
+    from ..nn.transformer import param_count as count
+    return count(spec, reg)
+
+
+def cmd_list(args):
+    reg = get_registry()
+    preset = args.preset or reg.default_preset
+    rows, data = [], []
+    for name in reg.list_models(args.pattern):
+        spec = resolve_spec(reg, name, preset)
+        n = param_count(spec, reg)
+        rows.append([name, fmt_params(n), _comp(spec, "attention"), _comp(spec, "posenc"), _comp(spec, "ffn"),
+                     spec["norm"], reg.models[name].origin])
+        data.append({"name": name, "preset": preset, "params": n, "attention": spec["attention"],
+                     "posenc": spec["posenc"], "ffn": spec["ffn"], "norm": spec["norm"],
+                     "description": spec.get("description", ""), "source": reg.models[name].origin})
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"models at preset {preset!r} (presets: {', '.join(reg.presets)})")
+        print(table(rows, ["name", "params", "attention", "posenc", "ffn", "norm", "from"]))
+
+
+def cmd_show(args):
+    from ..nn.cache import kv_cache_bytes_per_token
+    reg = get_registry()
+    spec = resolve_spec(reg, args.name, args.preset, overrides(args.set))
+    info = {"spec": spec, "params": param_count(spec, reg),
+            "kv_cache_bytes_per_token": {"bf16": kv_cache_bytes_per_token(spec, reg, 2),
+                                         "fp32": kv_cache_bytes_per_token(spec, reg, 4)},
+            # multi-head attention's figure for comparison: keys and values, d_model each, per layer
+            "mha_kv_cache_bytes_per_token": {"bf16": 2 * spec["d_model"] * spec["n_layers"] * 2,
+                                             "fp32": 2 * spec["d_model"] * spec["n_layers"] * 4},
+            "component_params": _component_params(spec)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"{spec['name']} at preset {spec['preset']!r}: {spec.get('description', '')}")
+    for key in ("n_layers", "n_heads", "d_model", "block_size", "vocab_size", "dropout", "norm", "bias", "tie_weights"):
+        print(f"  {key:<12} {spec[key]}")
+    for kind in KINDS:
+        print(f"  {kind:<12} {spec[kind]['name']} {json.dumps(spec[kind]['params'])}")
+    for i, o in enumerate(spec.get("layers", [])):
+        sel = f"layers {o.get('from', 0)}..{o.get('to', spec['n_layers']) - 1}" + (f" every {o['every']}" if o.get("every", 1) > 1 else "")
+        print(f"  {f'layers[{i}]':<12} {sel}: " + ", ".join(f"{k} {o[k]['name']} {json.dumps(o[k]['params'])}" for k in LAYER_KINDS if k in o))
+    print(f"  {'parameters':<12} {info['params']:,} ({fmt_params(info['params'])})")
+    kv = info["kv_cache_bytes_per_token"]
+    if kv["bf16"] is None:
+        print(f"  {'kv cache':<12} not reported by attention {spec['attention']['name']!r}")
+    else:
+        print(f"  {'kv cache':<12} {kv['bf16']:,} bytes/token in bf16, {kv['fp32']:,} in fp32 "
+              f"({kv['bf16'] * spec['block_size'] / 2**20:.2f} MiB per sequence of {spec['block_size']} in bf16)")
+    window = spec["attention"]["params"].get("window")
+    if kv["bf16"] is not None and window and window < spec["block_size"]:
+        print(f"  {'':<12} sliding window {window}: the cache holds at most {window} positions "
+              f"({kv['bf16'] * window / 2**20:.2f} MiB per sequence in bf16)")
+    print(f"  {'':<12} multi-head attention: {info['mha_kv_cache_bytes_per_token']['bf16']:,} bytes/token in bf16")
+    for key, (n, per) in info["component_params"].items():
+        print(f"  {SLOT_ATTR[key] + ' params':<12} {n:,} ({fmt_params(n)}) in all layers, {per}")
+
+
+def _component_params(spec):
+    """Parameters of the attention and ffn layers over all blocks (counted on the meta device)."""
+    import torch
+    from ..nn.transformer import build_from_spec
+    with torch.device("meta"):
+        model = build_from_spec(spec)
+    out = {}
+    for kind, attr in SLOT_ATTR.items():
+        counts = [sum(p.numel() for p in getattr(b, attr).parameters()) for b in model.blocks]
+        names = sorted({type(getattr(b, attr)).__name__ for b in model.blocks})
+        per = f"{counts[0]:,} per layer" if len(set(counts)) == 1 else "per layer " + ", ".join(f"{c:,}" for c in counts)
+        out[kind] = (sum(counts), f"{per} ({', '.join(names)})")
+    return out
+
+
+def cmd_plugins(args):
+    reg = get_registry()
+    comps = [c.info() for c in reg.list_components()]
+    problems = [{"dist": d, "reason": r} for d, r in reg.problems]
+    if args.json:
+        print(json.dumps({"api_version": PLUGIN_API_VERSION,
+                          "distributions": {d: {"version": v, "api": reg.api_versions.get(d)}
+                                            for d, v in sorted(reg.dists.items())},
+                          "components": comps, "models": {n: {"dist": s.dist, "version": s.version, "origin": s.origin}
+                                                          for n, s in sorted(reg.models.items())},
+                          "problems": problems}, indent=2, default=str))
+        return
+    rows = [[c["kind"], c["name"], f"{c['dist']} {c['version']}",
+             ", ".join(f"{k}={v}" for k, v in c["tags"].items() if k not in ("example_params", "known_failures"))]
+            for c in comps]
+    print(table(rows, ["kind", "name", "distribution", "tags"]))
+    models_by = {}
+    for n, s in sorted(reg.models.items()):
+        models_by.setdefault(s.origin, []).append(n)
+    print()
+    for origin, names in models_by.items():
+        print(f"models from {origin}: {', '.join(names)}")
+    for p in problems:
+        print(f"FAILED {p['dist']}: {p['reason']}")
+
+
+def cmd_validate(args):
+    reg = get_registry()
+    if args.file:
+        data = load_manifest_file(args.file)
+        if args.file not in configured_manifests():
+            configure(configured_manifests() + [args.file])
+            reg = get_registry()
+        names = list(data.get("models", {}))
+    else:
+        names = reg.list_models()
+    errors = 0
+    for name in names:
+        for preset in reg.presets:
+            try:
+                resolve_spec(reg, name, preset)
+            except ZooError as e:
+                errors += 1
+                print(f"error: {e}", file=sys.stderr)
+    what = args.file or "the registered models"
+    if errors:
+        print(f"{what}: {errors} problem(s) in {len(names)} model(s)", file=sys.stderr)
+        return 2
+    print(f"{what}: {len(names)} model(s) valid at presets {', '.join(reg.presets)}")
+
+
+def cmd_check(args):
+    from ..testing import run_checks
+    reg = get_registry()
+    kinds = [args.kind] if args.kind else list(KINDS)
+    comps = []
+    for k in kinds:
+        if k not in reg.components:
+            raise ZooError(f"unknown kind {k!r}; choose attention, posenc or ffn.")
+        comps += [reg.get(k, args.name)] if args.name else reg.list_components(k)
+    rows, failed, results = [], 0, []
+    for c in comps:
+        res = run_checks(c)
+        bad = [(n, s, m) for n, s, m in res if s in ("failed", "xpass")]
+        failed += len(bad)
+        status = "FAIL" if bad else "ok"
+        n_ok = sum(s == "passed" for _, s, _ in res)
+        n_x = sum(s == "xfail" for _, s, _ in res)
+        rows.append([c.kind, c.name, c.dist, f"{n_ok}/{len(res)}", n_x, status])
+        results.append({"kind": c.kind, "name": c.name, "dist": c.dist,
+                        "checks": [{"check": n, "status": s, "message": m} for n, s, m in res]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(table(rows, ["kind", "name", "distribution", "passed", "known failures", "status"]))
+        for r in results:
+            for ch in r["checks"]:
+                if ch["status"] in ("failed", "xpass"):
+                    why = ch["message"] if ch["status"] == "failed" else "listed as a known failure but passed"
+                    print(f"  {r['kind']}/{r['name']} {ch['check']}: {why}")
+    return 1 if failed else 0
+
+
+
+def add_cli(sub):
+    s = sub.add_parser("list", help="list named models with their components and size")
+    s.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'gpt2*'")
+    s.add_argument("--preset", help="size preset for the parameter count (default: the manifest's)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("show", help="the resolved spec of a model, its parameters and KV-cache size")
+    s.add_argument("name")
+    s.add_argument("--preset")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. attention.params.n_kv_heads=2")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("plugins", help="list every registered component and where it comes from")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_plugins)
+
+    s = sub.add_parser("validate", help="validate a manifest file (or every registered model) at every preset")
+    s.add_argument("file", nargs="?")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("check", help="run the conformance kit on registered components")
+    s.add_argument("kind", nargs="?", choices=KINDS)
+    s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_check)

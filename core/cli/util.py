@@ -1,0 +1,21 @@
+"""What the commands share: tables, sizes and ``--set`` overrides."""
+from __future__ import annotations
+
+from ..spec.manifest import parse_override
+
+
+def fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def table(rows, headers):
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def overrides(pairs):
+    return dict(parse_override(p) for p in pairs or [])

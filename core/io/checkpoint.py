@@ -1,0 +1,135 @@
+"""Checkpoints and run directories: written atomically, loaded with ``weights_only=True``.
+
+A run directory ``runs/<model>/<run-id>/`` holds ``ckpt.pt`` (the latest checkpoint),
+``spec.json`` (the resolved spec), ``tokenizer.json`` (the tokenizer's config) and TensorBoard
+event files. ``ckpt.pt`` is a dict of plain types and tensors:
+
+    model       state_dict
+    spec        the resolved model spec (zoo.resolve)
+    tokenizer   the tokenizer config (zoo.tokenizers.Tokenizer.config())
+    plugins     {distribution: version} of the plugin distributions the spec's components come from
+    step        optimizer steps done
+    ... and what the trainer adds (optimizer, schedule, rng, data position, train config)
+
+:func:`load_run` gives the model and tokenizer of a run directory (``zoo.load``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ZooError
+from ..nn.device import parse_dtype
+from ..nn.transformer import build_from_spec
+from ..plugin.contract import KINDS, LAYER_KINDS
+from ..plugin.registry import _norm
+from ..spec.catalog import get_registry
+from ..tokenizers import from_config, load_config
+from .atomic import write_atomically
+
+CKPT_NAME = "ckpt.pt"
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts before the names of a compiled model's weights
+
+
+def plugins_of(spec: dict, reg=None) -> dict:
+    """The plugin distributions (and versions) that provide a spec's components."""
+    reg = reg or get_registry()
+    out = {}
+    for kind, ref in component_refs(spec):
+        comp = reg.components[kind].get(ref["name"])
+        if comp is not None:
+            out[comp.dist] = comp.version
+    return out
+
+
+def component_refs(spec: dict):
+    """(kind, {"name", "params"}) of every component a spec names, per-layer overrides included."""
+    refs = [(kind, spec[kind]) for kind in KINDS]
+    for extra in spec.get("layers", []) or []:
+        refs += [(kind, extra[kind]) for kind in LAYER_KINDS if kind in extra]
+    return refs
+
+
+def save_checkpoint(path, payload: dict):
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same directory, then rename."""
+    import torch
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda f: torch.save(payload, f))
+
+
+def resolve_checkpoint_path(path) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CKPT_NAME
+    if not p.is_file():
+        raise ZooError(f"no checkpoint at {str(path)!r}: expected a run directory holding {CKPT_NAME} "
+                       f"or a checkpoint file. Train one with `zoo train MODEL`, or check the path.")
+    return p
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint (``weights_only=True``) and check it is a zoo checkpoint whose plugins are
+    installed. The weights' names are those of the plain model (a compiled model's prefix removed)."""
+    import torch
+    p = resolve_checkpoint_path(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ZooError(f"cannot read checkpoint {str(p)!r}: it is corrupt or not a PyTorch file "
+                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
+        raise ZooError(f"{str(p)!r} is not a zoo checkpoint (no 'model' and 'spec' entries).")
+    sd = ckpt["model"]
+    if isinstance(sd, dict) and any(k.startswith(COMPILED_PREFIX) for k in sd):  # saved from a compiled model
+        ckpt["model"] = {k.removeprefix(COMPILED_PREFIX): v for k, v in sd.items()}
+    check_plugins_available(ckpt, p)
+    return ckpt
+
+
+def check_plugins_available(ckpt: dict, where):
+    reg = get_registry()
+    missing = [f"{kind} {ref['name']!r}" for kind, ref in component_refs(ckpt["spec"])
+               if ref["name"] not in reg.components[kind]]
+    if missing:
+        dists = ", ".join(f"{d}=={v}" for d, v in (ckpt.get("plugins") or {}).items())
+        # a distribution it needs may be installed but refused (broken, or built for another plugin API)
+        needed = {_norm(d) for d in (ckpt.get("plugins") or {})}
+        failed = "".join(f" {d} is installed but did not load: {r}." for d, r in reg.problems if _norm(d) in needed)
+        raise ZooError(f"checkpoint {str(where)!r} uses {', '.join(missing)}, which no installed plugin provides."
+                       f"{failed} Install the plugin distributions it was trained with ({dists or 'unknown'}) "
+                       f"and retry.")
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Build the model a checkpoint describes and load its weights."""
+    model = build_from_spec(ckpt["spec"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ZooError(f"checkpoint weights do not fit its spec: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load_run(path, device=None, dtype=None):
+    """(model, tokenizer) from a run directory or a checkpoint file; the model in eval mode.
+
+    ``device``: "cpu", "cuda", ... (default: where the checkpoint is loaded, the CPU); ``dtype``:
+    a torch dtype or its name ("float32", "bfloat16", "float16"; default: as saved).
+    """
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt)
+    tok_cfg = ckpt.get("tokenizer")
+    if tok_cfg:
+        tok = from_config(tok_cfg)
+    else:
+        tj = resolve_checkpoint_path(path).parent / "tokenizer.json"
+        if not tj.is_file():
+            raise ZooError(f"{str(path)!r} has no tokenizer: the checkpoint holds no 'tokenizer' entry and "
+                           f"there is no {tj.name} next to it. Copy the run's tokenizer.json there.")
+        tok = load_config(tj)
+    if tok.vocab_size > model.spec["vocab_size"]:
+        raise ZooError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.spec['vocab_size']}; "
+                       f"this tokenizer does not belong to this checkpoint.")
+    model = model.to(device=device, dtype=parse_dtype(dtype))
+    return model.eval(), tok

@@ -1,0 +1,270 @@
+"""Plugin discovery: entry points of the group ``zoo`` loaded into a pluggy plugin manager.
+
+Every plugin, the zoo's own built-ins included, is a module named by an entry point. Loading
+isolates failures: a module that does not import, a hook that raises, a params schema that is not
+a valid JSON Schema or a name another plugin already registered is recorded as a problem of its
+distribution (one warning each) and everything else keeps working. ``ZOO_PLUGINS`` (comma-separated
+distribution names) restricts which third-party distributions load; the built-ins always load.
+
+Versioned API: a plugin module (or the package it lives in) may say which plugin API it was built
+for with a module-level ``ZOO_API = "1.0"``; none means "1.0", the first API. A plugin loads when
+its major version equals ``zoo.PLUGIN_API_VERSION``'s and its minor is not newer; otherwise it is
+refused like any other broken plugin (a warning naming the distribution, an error with --strict).
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import pluggy
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from ..errors import ManifestError, PluginError
+from ..version import PLUGIN_API_VERSION
+from . import hookspecs
+from .contract import KINDS
+
+GROUP = "zoo"
+BUILTIN_DIST = "zoo"
+
+
+class PluginWarning(UserWarning):
+    """A plugin distribution failed to load or register; the rest of the zoo keeps working."""
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    cls: type
+    params_schema: dict
+    tags: dict
+    dist: str
+    version: str
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
+                "dist": self.dist, "version": self.version, "tags": self.tags}
+
+
+@dataclass
+class ModelSource:
+    entry: dict
+    dist: str
+    version: str
+    origin: str  # where the entry came from: a distribution or a manifest file
+
+
+@dataclass
+class Registry:
+    components: dict = field(default_factory=lambda: {k: {} for k in KINDS})
+    models: dict = field(default_factory=dict)  # name -> ModelSource
+    presets: dict = field(default_factory=dict)  # name -> ModelSource
+    problems: list = field(default_factory=list)  # (dist, reason)
+    dists: dict = field(default_factory=dict)  # dist name -> version, for every loaded distribution
+    api_versions: dict = field(default_factory=dict)  # dist name -> the plugin API it declares
+    default_preset: str = "char"
+
+    # ---- inspection -------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            raise ManifestError(unknown_name_message(kind, name, self.components.get(kind, {}))) from None
+
+    def list_components(self, kind: str | None = None):
+        kinds = [kind] if kind else KINDS
+        return [c for k in kinds for c in sorted(self.components[k].values(), key=lambda c: c.name)]
+
+    def list_models(self, pattern: str = "*"):
+        return sorted(n for n in self.models if fnmatch.fnmatch(n, pattern))
+
+    def warn_problems(self, strict: bool = False):
+        if strict and self.problems:
+            raise PluginError("plugin problems (--strict):\n" + "\n".join(
+                f"  {d}: {r}" for d, r in self.problems))
+        by_dist = {}
+        for d, r in self.problems:
+            by_dist.setdefault(d, []).append(r)
+        for d, reasons in by_dist.items():
+            warnings.warn(f"plugin distribution {d!r} failed and was skipped: {'; '.join(reasons)}",
+                          PluginWarning, stacklevel=2)
+
+
+def unknown_name_message(kind, name, known) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unknown {kind} {name!r}.{hint} Registered {kind} components: "
+            f"{', '.join(sorted(known)) or '(none)'}. Install the plugin that provides it, or "
+            f"check `zoo plugins`.")
+
+
+def _allowlist():
+    raw = os.environ.get("ZOO_PLUGINS")
+    if raw is None:
+        return None
+    return {_norm(n) for n in raw.split(",") if n.strip()}
+
+
+def _norm(dist: str) -> str:
+    """A distribution name normalised as pip does (PEP 503): ``Zoo_ReLU2`` -> ``zoo-relu2``."""
+    return re.sub(r"[-_.]+", "-", dist.strip()).lower()
+
+
+DEFAULT_PLUGIN_API = "1.0"  # what a plugin that declares no ZOO_API is taken to be built for
+
+
+def declared_api(obj) -> str:
+    """The ``ZOO_API`` a plugin declares: on the module itself, else on the nearest package above it."""
+    api = getattr(obj, "ZOO_API", None)
+    name = getattr(obj, "__name__", None)
+    while api is None and isinstance(name, str) and "." in name:
+        name = name.rsplit(".", 1)[0]
+        api = getattr(sys.modules.get(name), "ZOO_API", None)
+    return DEFAULT_PLUGIN_API if api is None else str(api)
+
+
+def api_problem(declared: str, where: str, dist: str):
+    """None if a plugin built for API ``declared`` runs on this zoo, else the reason it does not."""
+    ours = tuple(int(x) for x in PLUGIN_API_VERSION.split("."))
+    m = re.fullmatch(r"(\d+)(?:\.(\d+))?", declared.strip())
+    if m is None:
+        return (f"{where} declares ZOO_API = {declared!r}, which is not a version; write e.g. "
+                f"ZOO_API = \"{PLUGIN_API_VERSION}\"")
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    if major == ours[0] and minor <= ours[1]:
+        return None
+    fix = (f"upgrade the zoo to one that provides plugin API {major}.{minor}" if (major, minor) > ours
+           else f"install a release of {dist} built for plugin API {ours[0]}.x")
+    return (f"{where} was built for zoo plugin API {declared}, but this zoo provides API "
+            f"{PLUGIN_API_VERSION}; {fix}")
+
+
+def _entry_points():
+    eps = list(md.entry_points(group=GROUP))
+    # built-ins first, so that a clash is blamed on the newcomer
+    return sorted(eps, key=lambda ep: (_norm(ep.dist.name) != BUILTIN_DIST if ep.dist else True,
+                                       ep.dist.name if ep.dist else "", ep.name))
+
+
+def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Registry:
+    """Discover plugins and collect what they register.
+
+    ``extra_plugins``: (module_or_object, dist_name) pairs registered after the entry points,
+    e.g. by tests or an application embedding the zoo. ``check_model(what, name, entry, origin)``
+    validates each model entry ("model"), preset ("preset") or whole manifest ("manifest", name
+    None) a plugin registers, raising an error that becomes the plugin's problem; the manifest
+    format belongs to the spec layer, which passes it (:func:`zoo.spec.catalog.load_registry`).
+    """
+    reg = Registry()
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    plugin_dist = {}  # plugin name in pm -> (dist, version)
+    allow = _allowlist()
+
+    sources = []
+    if use_entry_points:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist else "<unknown>"
+            version = ep.dist.version if ep.dist else "0"
+            if allow is not None and _norm(dist) != BUILTIN_DIST and _norm(dist) not in allow:
+                continue
+            try:
+                obj = ep.load()
+            except (Exception, SystemExit) as e:  # a broken plugin must not take the zoo down
+                reg.problems.append((dist, f"cannot import {ep.value!r}: {type(e).__name__}: {e}"))
+                continue
+            sources.append((obj, f"{dist}:{ep.name}", dist, version))
+        if allow is not None:
+            found = {_norm(ep.dist.name) for ep in md.entry_points(group=GROUP) if ep.dist}
+            for name in sorted(allow - found - {BUILTIN_DIST}):
+                reg.problems.append((name, f"ZOO_PLUGINS names {name!r}, but no installed distribution with "
+                                           f"that name has entry points in the group {GROUP!r}; check the "
+                                           f"spelling, or pip install it"))
+    for i, (obj, dist) in enumerate(extra_plugins):
+        sources.append((obj, f"{dist}:extra{i}", dist, "0"))
+
+    for obj, pname, dist, version in sources:
+        api = declared_api(obj)
+        why = api_problem(api, f"plugin {pname}", dist)
+        if why:
+            reg.problems.append((dist, why))
+            continue
+        reg.api_versions.setdefault(dist, api)
+        try:
+            pm.register(obj, name=pname)
+        except Exception as e:
+            reg.problems.append((dist, f"invalid hook implementation in {pname}: {e}"))
+            continue
+        plugin_dist[pname] = (dist, version)
+        reg.dists.setdefault(dist, version)
+
+    for kind in KINDS:
+        _collect(reg, pm, f"register_{kind}", plugin_dist, lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
+    _collect(reg, pm, "register_models", plugin_dist, lambda *a, **kw: _add_model(reg, *a, check=check_model, **kw))
+    return reg
+
+
+def _collect(reg, pm, hookname, plugin_dist, add):
+    hook = getattr(pm.hook, hookname)
+    # get_hookimpls() is in registration order (pluggy calls them in reverse); built-ins come first
+    for impl in hook.get_hookimpls():
+        dist, version = plugin_dist.get(impl.plugin_name, ("<unknown>", "0"))
+        staged = []
+
+        def register(*args, **kwargs):
+            staged.append((args, kwargs))
+
+        try:
+            impl.function(register=register)
+        except Exception as e:
+            reg.problems.append((dist, f"hook {hookname} in {impl.plugin_name} raised {type(e).__name__}: {e}"))
+            continue
+        for args, kwargs in staged:
+            try:
+                add(*args, dist=dist, version=version, **kwargs)
+            except Exception as e:
+                reg.problems.append((dist, f"{hookname}: {e}"))
+
+
+def _add_component(reg, kind, name, cls, params_schema=None, tags=None, *, dist, version):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"component name must be a non-empty string, got {name!r}")
+    params_schema = params_schema if params_schema is not None else {"type": "object"}
+    try:
+        Draft202012Validator.check_schema(params_schema)
+    except SchemaError as e:
+        raise ValueError(f"{kind} {name!r} has an invalid params schema: {e.message}") from None
+    if params_schema.get("type") != "object":
+        raise ValueError(f"{kind} {name!r}: params schema must have type 'object'")
+    if not callable(cls):
+        raise ValueError(f"{kind} {name!r}: {cls!r} is not a class")
+    if name in reg.components[kind]:
+        other = reg.components[kind][name]
+        raise ValueError(f"{kind} name {name!r} is already registered by {other.dist!r}")
+    reg.components[kind][name] = Component(kind, name, cls, params_schema, dict(tags or {}), dist, version)
+
+
+def _add_model(reg, name, entry, *, preset=False, dist, version, origin=None, check=None):
+    if name is None:  # register(None, manifest): a whole zoo.json-style manifest
+        if check:
+            check("manifest", None, entry, f"manifest registered by {origin or dist}")
+        for n, e in entry.get("presets", {}).items():
+            _add_model(reg, n, e, preset=True, dist=dist, version=version, origin=origin, check=check)
+        for n, e in entry.get("models", {}).items():
+            _add_model(reg, n, e, dist=dist, version=version, origin=origin, check=check)
+        return
+    table = reg.presets if preset else reg.models
+    what = "preset" if preset else "model"
+    if name in table:
+        raise ValueError(f"{what} name {name!r} is already registered by {table[name].origin!r}")
+    if check:
+        check(what, name, entry, origin or dist)
+    table[name] = ModelSource(entry, dist, version, origin or f"{dist} {version}")

@@ -1,0 +1,410 @@
+"""The public conformance kit: the checks the zoo runs on every component, for any component.
+
+Modelled on scikit-learn's ``check_estimator`` / ``parametrize_with_checks``. Each check is a
+function ``check_<property>(component)`` taking a registered :class:`zoo.plugin.registry.Component`; it
+raises ``AssertionError`` with a message when the property does not hold. A component's tags decide
+which checks apply, and known failures are given as ``{check_name: reason}``.
+
+In a plugin package's tests::
+
+    from zoo.testing import parametrize_with_checks
+
+    @parametrize_with_checks(kind="ffn", names=["relu2"])
+    def test_conformance(component, check):
+        check(component)
+
+Checks build components with ``tags["example_params"]`` if given, else the schema's defaults, at
+tiny sizes, in float32 on the CPU.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import traceback
+from dataclasses import dataclass
+
+import torch
+from jsonschema import Draft202012Validator
+
+from ..nn.transformer import Transformer
+from ..plugin.base import PosEnc
+from ..plugin.contract import KINDS, POSENC_KINDS, SLOT_ATTR, Dims
+from ..spec.catalog import get_registry
+from ..spec.resolve import cross_field_problems, fill_defaults
+
+DIMS = Dims(d_model=32, n_heads=4, n_layers=2, block_size=16, vocab_size=50, bias=True, dropout=0.0)
+B, T = 2, 12
+ATOL = 1e-5
+
+
+@dataclass
+class CheckSpec:
+    name: str
+    fn: object
+    kinds: tuple
+    applies: object  # tags -> bool
+
+    def __call__(self, component):
+        return self.fn(component)
+
+
+CHECKS: list[CheckSpec] = []
+
+
+def _check(kinds=KINDS, applies=lambda tags: True):
+    def deco(fn):
+        CHECKS.append(CheckSpec(fn.__name__, fn, tuple(kinds), applies))
+        return fn
+    return deco
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def component_params(comp, dims=DIMS) -> dict:
+    params = comp.tags.get("example_params", {})
+    return fill_defaults(comp.params_schema, params)
+
+
+def make(comp, dims=DIMS, seed=0):
+    torch.manual_seed(seed)
+    return comp.cls(dims, **component_params(comp, dims))
+
+
+def _partners(comp, reg):
+    """For an attention: the posencs it accepts; for a posenc: the attentions that accept it."""
+    if comp.kind == "attention":
+        ok = comp.tags.get("posenc", list(POSENC_KINDS))
+        return [p for p in reg.list_components("posenc") if p.tags.get("kind") in ok]
+    if comp.kind == "posenc":
+        return [a for a in reg.list_components("attention")
+                if comp.tags.get("kind") in a.tags.get("posenc", list(POSENC_KINDS))]
+    return []
+
+
+def _reference(reg, kind, prefer, accept=lambda c: True):
+    comps = [c for c in reg.list_components(kind) if accept(c)]
+    for c in comps:
+        if c.name == prefer:
+            return c
+    if not comps:
+        raise AssertionError(f"no {kind} component is registered to test with")
+    return comps[0]
+
+
+def tiny_model(reg, attention, posenc, ffn, dims=DIMS, seed=0):
+    """A two-layer Transformer from three registered components, for checks that need a model."""
+    spec = {"name": "conformance", "preset": "conformance", "norm": "layernorm", "bias": dims.bias,
+            "tie_weights": True, "n_layers": dims.n_layers, "n_heads": dims.n_heads,
+            "d_model": dims.d_model, "block_size": dims.block_size, "vocab_size": dims.vocab_size,
+            "dropout": 0.0}
+    view = dataclasses.replace(reg, components={k: dict(v) for k, v in reg.components.items()})
+    for kind, c in (("attention", attention), ("posenc", posenc), ("ffn", ffn)):
+        spec[kind] = {"name": c.name, "params": component_params(c, dims)}
+        view.components[kind][c.name] = c  # the component under test need not be registered
+    problems = cross_field_problems(view, spec)
+    if problems:
+        raise AssertionError(" ".join(problems))
+    torch.manual_seed(seed)
+    return Transformer(spec, attention.cls, posenc.cls, ffn.cls).eval()
+
+
+def model_for(comp, reg=None, partner=None, dims=DIMS, seed=0):
+    """A tiny model with ``comp`` in its slot and reference components (mha, none/rope, mlp) elsewhere."""
+    reg = reg or get_registry()
+    if comp.kind == "attention":
+        pe = partner or _reference(reg, "posenc", "none", lambda p: p in _partners(comp, reg))
+        return tiny_model(reg, comp, pe, _reference(reg, "ffn", "mlp"), dims, seed)
+    if comp.kind == "posenc":
+        att = partner or _reference(reg, "attention", "mha", lambda a: a in _partners(comp, reg))
+        return tiny_model(reg, att, comp, _reference(reg, "ffn", "mlp"), dims, seed)
+    pe = _reference(reg, "posenc", "none")
+    return tiny_model(reg, _reference(reg, "attention", "mha", lambda a: pe in _partners(a, reg)), pe, comp, dims, seed)
+
+
+def run(comp, module, x, pos=None):
+    """Call a component the way the model does. x: (B, T, C) -> (B, T, C)."""
+    pos = torch.arange(x.shape[1]) if pos is None else pos
+    if comp.kind == "attention":
+        return module(x, PosEnc(DIMS), pos)
+    if comp.kind == "ffn":
+        return module(x)
+    # posenc: everything its protocol offers, in one tensor
+    out = module.embed(x, pos)  # (B, T, C)
+    q = x.view(x.shape[0], x.shape[1], DIMS.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
+    out = out + module.rotate(q, pos).transpose(1, 2).reshape(x.shape)
+    bias = module.bias(pos, pos)
+    if bias is not None:
+        out = out + bias.sum() * 0
+    return out
+
+
+def _x(seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, DIMS.d_model, generator=g).to(dtype)
+
+
+def _close(a, b, what, atol=ATOL):
+    diff = (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+    assert a.shape == b.shape, f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}"
+    assert diff <= atol, f"{what}: max abs difference {diff:.3g} exceeds {atol:g}"
+
+
+def _token_wise(tags):
+    return tags.get("token_wise", True)
+
+
+# ---- the checks -------------------------------------------------------------------------------
+
+@_check()
+def check_params_schema_valid(component):
+    """The params schema is a valid JSON Schema of an object, and the defaults satisfy it."""
+    s = component.params_schema
+    Draft202012Validator.check_schema(s)
+    assert s.get("type") == "object", "params schema must have type 'object'"
+    errs = list(Draft202012Validator(s).iter_errors(component_params(component)))
+    assert not errs, f"default/example params do not satisfy the schema: {errs[0].message}"
+
+
+@_check()
+def check_builds_from_defaults(component):
+    """The class builds from Dims and its default (or example) params."""
+    m = make(component)
+    assert isinstance(m, torch.nn.Module), f"{component.cls} did not build an nn.Module"
+
+
+@_check()
+def check_output_shape(component):
+    """(B, T, C) in, (B, T, C) out; a posenc's bias is (H, Tq, Tk) or None."""
+    m = make(component).eval()
+    x = _x()
+    y = run(component, m, x)
+    assert y.shape == x.shape, f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}"
+    if component.kind == "posenc":
+        b = m.bias(torch.arange(3, 8), torch.arange(8))
+        assert b is None or tuple(b.shape) == (DIMS.n_heads, 5, 8), f"bias shape {tuple(b.shape)}, expected (H, Tq, Tk)"
+
+
+@_check()
+def check_dtypes(component):
+    """Runs in float32 and bfloat16, keeping the input's dtype and staying finite."""
+    for dtype in (torch.float32, torch.bfloat16):
+        m = make(component).to(dtype).eval()
+        y = run(component, m, _x(dtype=dtype))
+        assert y.dtype == dtype, f"{dtype} input gave {y.dtype} output"
+        assert torch.isfinite(y.float()).all(), f"non-finite output in {dtype}"
+
+
+@_check()
+def check_causality(component):
+    """Changing a future token changes no earlier output (a model with this component)."""
+    m = model_for(component)
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=g)
+    t = T // 2
+    idx2 = idx.clone()
+    idx2[:, t:] = torch.randint(0, DIMS.vocab_size, (B, T - t), generator=g)
+    with torch.no_grad():
+        a, _ = m(idx)
+        b, _ = m(idx2)
+    _close(a[:, :t], b[:, :t], f"logits before position {t} after changing later tokens")
+    if component.kind != "posenc" and _token_wise(component.tags):
+        mod = make(component).eval()
+        x = _x()
+        x2 = x.clone()
+        x2[:, t:] = torch.randn_like(x2[:, t:])
+        with torch.no_grad():
+            _close(run(component, mod, x)[:, :t], run(component, mod, x2)[:, :t], "component output before the change")
+
+
+@_check(applies=lambda tags: tags.get("batch_independent", True))
+def check_batch_independence(component):
+    """A sequence's output does not depend on the other sequences in the batch."""
+    m = make(component).eval()
+    x = _x()
+    with torch.no_grad():
+        full = run(component, m, x)
+        one = run(component, m, x[1:2])
+    _close(full[1:2], one, "output of sequence 1 run alone vs in a batch")
+
+
+@_check()
+def check_gradients(component):
+    """A backward pass gives finite gradients that reach every parameter."""
+    m = model_for(component).train()
+    idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=torch.Generator().manual_seed(4))
+    _, loss = m(idx, idx.roll(-1, 1))
+    loss.backward()
+    slot = f"blocks.0.{SLOT_ATTR[component.kind]}." if component.kind in SLOT_ATTR else "posenc."
+    for name, p in m.named_parameters():
+        if not p.requires_grad:
+            continue
+        assert p.grad is not None, f"parameter {name} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"parameter {name} has a non-finite gradient"
+    own = [n for n, _ in m.named_parameters() if n.startswith(slot)]
+    if own:
+        assert any(m.get_parameter(n).grad.abs().sum() > 0 for n in own), "all of the component's gradients are zero"
+
+
+@_check()
+def check_state_dict_roundtrip(component):
+    """Loading one instance's state_dict into a fresh one gives the same outputs."""
+    a, b = make(component, seed=0).eval(), make(component, seed=1).eval()
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    x = _x()
+    with torch.no_grad():
+        _close(run(component, a, x), run(component, b, x), "outputs after load_state_dict")
+
+
+@_check()
+def check_deterministic_eval(component):
+    """In eval mode, two calls with the same input give the same output."""
+    m = make(component).eval()
+    x = _x()
+    with torch.no_grad():
+        _close(run(component, m, x), run(component, m, x), "two eval-mode calls", atol=0.0)
+
+
+@_check(kinds=("attention", "posenc"))
+def check_every_partner(component):
+    """Every attention works with every posenc it accepts (and vice versa): a tiny model with each
+    pair runs forward and backward, finite and causal."""
+    reg = get_registry()
+    partners = _partners(component, reg)
+    assert partners, f"no registered {'posenc' if component.kind == 'attention' else 'attention'} fits it"
+    for p in partners:
+        m = model_for(component, reg, partner=p).train()
+        idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=torch.Generator().manual_seed(5))
+        logits, loss = m(idx, idx.roll(-1, 1))
+        assert torch.isfinite(loss), f"non-finite loss with {p.kind} {p.name!r}"
+        loss.backward()
+        m.eval()
+        idx2 = idx.clone()
+        idx2[:, -1] = (idx2[:, -1] + 1) % DIMS.vocab_size
+        with torch.no_grad():
+            _close(m(idx)[0][:, :-1], m(idx2)[0][:, :-1], f"causality with {p.kind} {p.name!r}")
+
+
+def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False):
+    """Prefill ``prompt_len`` tokens, then decode one token at a time up to ``total``; the logits
+    must equal one full forward pass. ``spare`` extra cache slots stay empty and must be masked out
+    (a static cache allocated for the whole context); ``explicit_pos`` passes positions as a
+    tensor, as a compiled decode step does, instead of letting the cache count them."""
+    idx = torch.randint(0, DIMS.vocab_size, (B, total), generator=torch.Generator().manual_seed(6))
+    pos = torch.arange(total)  # (total,)
+    with torch.no_grad():
+        full, _ = m(idx)  # (B, total, V)
+        cache = m.new_cache(B, total + spare, dtype=torch.float32)
+        parts = [m(idx[:, :prompt_len], cache=cache, pos=pos[:prompt_len] if explicit_pos else None)[0]]
+        for t in range(prompt_len, total):
+            parts.append(m(idx[:, t:t + 1], cache=cache, pos=pos[t:t + 1] if explicit_pos else None)[0])
+    what = (f"prefill {prompt_len} + decode to {total}" + (f", {spare} spare cache slots" if spare else "")
+            + (", positions given" if explicit_pos else ""))
+    assert cache.length == total, f"{what}: the cache counts {cache.length} positions, expected {total}"
+    _close(torch.cat(parts, 1), full, f"{what} vs full forward")
+
+
+# (prompt length, spare slots, explicit positions): a prompt of one token, a short prompt in a cache
+# larger than needed, and prompts reaching the context limit (block_size); decoding covers every
+# position between them.
+KV_CACHE_CASES = ((1, 0, False), (2, 3, True), (DIMS.block_size - 1, 1, True), (DIMS.block_size, 0, False))
+
+
+@_check(kinds=("attention", "posenc"), applies=lambda tags: tags.get("kv_cache", True))
+def check_kv_cache_matches_full(component):
+    """Prefill plus token-by-token decode with the cache equals a full forward pass (float32,
+    within 1e-5), for prompts of length 1 up to the context limit, with every partner component
+    (every posenc for an attention, every attention for a posenc), and positions continue."""
+    reg = get_registry()
+    partners = [p for p in _partners(component, reg) if p.tags.get("kv_cache", True)]
+    assert partners, "no partner component with a KV cache to test with"
+    for p in partners:
+        m = model_for(component, reg, partner=p).float()
+        for prompt_len, spare, explicit in KV_CACHE_CASES:
+            try:
+                _cache_matches_full(m, prompt_len, DIMS.block_size, spare, explicit)
+            except AssertionError as e:
+                raise AssertionError(f"with {p.kind} {p.name!r}: {e}") from None
+
+
+# ---- sliding windows (tag "sliding_window": the name of the window param) ----------------------
+
+def _windowed(comp, window):
+    """The component with its window param set, as an unregistered Component."""
+    param = comp.tags["sliding_window"]
+    tags = dict(comp.tags, example_params=dict(comp.tags.get("example_params", {}), **{param: window}))
+    return dataclasses.replace(comp, tags=tags)
+
+
+@_check(kinds=("attention",), applies=lambda tags: bool(tags.get("sliding_window")))
+def check_sliding_window_cache_matches_full(component):
+    """With a window shorter than the context, the window is honoured (a token's logits do not
+    depend on tokens further back than the layers' windows reach) and prefill plus decoding past
+    the window, through the cache's ring buffer, equals the full masked forward (float32)."""
+    window = 5
+    comp = _windowed(component, window)
+    m = model_for(comp)
+    idx = torch.randint(0, DIMS.vocab_size, (B, DIMS.block_size), generator=torch.Generator().manual_seed(8))
+    idx2 = idx.clone()
+    idx2[:, 0] = (idx2[:, 0] + 1) % DIMS.vocab_size
+    reach = DIMS.n_layers * (window - 1) + 1  # first position that token 0 cannot reach
+    with torch.no_grad():
+        a, b = m(idx)[0], m(idx2)[0]
+    _close(a[:, reach:], b[:, reach:], f"logits at positions >= {reach} after changing token 0 (window {window})")
+    assert (a[:, 1:reach] - b[:, 1:reach]).abs().max() > 0, "changing token 0 changed no later logits"
+    for prompt_len in (1, window - 1, window + 2, DIMS.block_size):
+        _cache_matches_full(m, prompt_len, DIMS.block_size)
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+def checks_for(component):
+    return [c for c in CHECKS if component.kind in c.kinds and c.applies(component.tags)]
+
+
+def run_checks(component, known_failures=None):
+    """Run every applicable check; returns [(check_name, status, message)] with status one of
+    'passed', 'failed', 'xfail' (a known failure that failed), 'xpass' (a known failure that passed)."""
+    known = dict(component.tags.get("known_failures", {}), **(known_failures or {}))
+    out = []
+    for c in checks_for(component):
+        try:
+            c(component)
+        except Exception as e:  # a crashing check is a failing check
+            msg = str(e) if isinstance(e, AssertionError) else "".join(
+                traceback.format_exception_only(type(e), e)).strip()
+            out.append((c.name, "xfail" if c.name in known else "failed", msg or type(e).__name__))
+        else:
+            out.append((c.name, "xpass" if c.name in known else "passed", ""))
+    return out
+
+
+def check_component(kind: str, name: str, known_failures=None):
+    """Run the kit on one registered component; raise AssertionError listing every failure."""
+    comp = get_registry().get(kind, name)
+    failed = [(c, m) for c, s, m in run_checks(comp, known_failures) if s == "failed"]
+    if failed:
+        raise AssertionError(f"{kind} {name!r} fails: " + "; ".join(f"{c}: {m}" for c, m in failed))
+
+
+def parametrize_with_checks(kind=None, names=None, known_failures=None):
+    """A pytest decorator over (component, check) pairs for registered components.
+
+    ``kind``/``names`` select components (default: the whole registry). ``known_failures`` maps a
+    check name, or "KIND/NAME:check", to a reason; those cases are marked xfail with it.
+    """
+    import pytest
+    reg = get_registry()
+    comps = [c for c in reg.list_components(kind) if names is None or c.name in names]
+    if names is not None:
+        missing = set(names) - {c.name for c in comps}
+        if missing:
+            raise ValueError(f"not registered: {sorted(missing)}; see `zoo plugins`")
+    known = dict(known_failures or {})
+    params = []
+    for comp in comps:
+        comp_known = dict(comp.tags.get("known_failures", {}))
+        for c in checks_for(comp):
+            reason = known.get(f"{comp.kind}/{comp.name}:{c.name}") or known.get(c.name) or comp_known.get(c.name)
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            params.append(pytest.param(comp, c, id=f"{comp.kind}/{comp.name}-{c.name}", marks=marks))
+    return pytest.mark.parametrize("component, check", params)

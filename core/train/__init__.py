@@ -1,0 +1,6 @@
+"""Training: the configuration and recipes (:mod:`.config`), the schedule (:mod:`.schedule`), processes
+(:mod:`.dist`), progress (:mod:`.progress`), the trainer (:mod:`.trainer`), fine-tuning
+(:mod:`.finetune`) and reading runs back (:mod:`.compare`)."""
+from .config import TrainConfig  # noqa: F401
+from .schedule import lr_at, param_groups  # noqa: F401
+from .trainer import Trainer, train  # noqa: F401

@@ -1,0 +1,133 @@
+"""``zoo finetune``: train the model of a run directory further (an imported checkpoint or a finished
+run), fully or with LoRA adapters (:mod:`zoo.nn.lora`), with the trainer of ``zoo train``
+(schedule, evaluation, checkpoints, resume, TensorBoard). With LoRA the adapters are also saved on
+their own (``adapter.safetensors``, the LoRA config in its metadata).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ZooError
+from ..io.atomic import write_json
+from ..io.checkpoint import load_checkpoint, resolve_checkpoint_path
+from ..io.safetensors import load_file, metadata, save_file
+from ..nn.lora import adapter_state, is_adapter_key, lora_config
+from ..plugin.registry import ModelSource
+from ..spec.catalog import get_registry
+from ..spec.manifest import DIM_KEYS, check_entry
+from .progress import Progress
+from .trainer import Trainer
+
+ADAPTER = "adapter.safetensors"
+
+
+def save_adapter(run_dir, ckpt: dict, base: str | None = None) -> Path:
+    """Write the adapters of a LoRA checkpoint on their own: ``adapter.safetensors`` with the LoRA
+    config (and the base run it adapts) in its metadata."""
+    path = Path(run_dir) / ADAPTER
+    meta = {"lora": json.dumps(lora_config(ckpt["spec"]["lora"])), "step": str(ckpt.get("step", 0))}
+    if base:
+        meta["base"] = str(base)
+    save_file(adapter_state(ckpt["model"]), path, meta)
+    return path
+
+
+def load_adapter(path) -> tuple[dict, dict]:
+    """(lora config, {name: tensor}) of an adapter file."""
+    meta = metadata(path)
+    if "lora" not in meta:
+        raise ZooError(f"{str(path)!r} is not a zoo LoRA adapter (no 'lora' in its metadata).")
+    return json.loads(meta["lora"]), load_file(path)
+
+
+# ---- zoo finetune ---------------------------------------------------------------------------------
+
+FINETUNE_DEFAULTS = {  # small, careful steps from pretrained weights; every one is a flag
+    "lora": dict(lr=3e-4, min_lr=3e-5, weight_decay=0.0),
+    "full": dict(lr=3e-5, min_lr=3e-6, weight_decay=0.1),
+}
+FINETUNE_RECIPE = dict(max_iters=200, batch_size=4, grad_accum=1, warmup=10, eval_interval=50, eval_iters=20)
+
+
+def _register(name: str, spec: dict, origin: str):
+    """Put a spec into the loaded registry as a named model and preset, as zoo.json entries are."""
+    entry = {k: v for k, v in spec.items() if k not in ("name", "preset") + DIM_KEYS}
+    preset = {k: spec[k] for k in DIM_KEYS}
+    check_entry(entry, "model", name, origin)
+    reg = get_registry()
+    reg.models[name] = ModelSource(entry, "<finetune>", "0", origin)
+    reg.presets[name] = ModelSource(preset, "<finetune>", "0", origin)
+    return entry, preset
+
+
+def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_size: int | None = None,
+             log=None) -> dict:
+    """Fine-tune the model of run directory ``run`` with the trainer of ``zoo train``; ``cfg`` is a
+    ``zoo.train.TrainConfig`` (data, schedule, ...). Returns the trainer's summary."""
+    base_ckpt = load_checkpoint(run)
+    spec = dict(base_ckpt["spec"])
+    reg = get_registry()
+    if spec.get("lora"):
+        raise ZooError(f"{str(run)!r} holds LoRA adapters; merge them first (zoo lora merge {run} --out DIR) "
+                       f"and fine-tune the merged run, or continue it with zoo train --resume {run}.")
+    if cfg.fsdp:
+        raise ZooError("zoo finetune does not shard with FSDP; drop --fsdp.")
+    base_sd = base_ckpt["model"]
+    if block_size:
+        pe = spec["posenc"]
+        props = reg.get("posenc", pe["name"]).params_schema.get("properties", {})
+        if "max_len" in props and pe["params"].get("max_len") is None:  # keep a learned table's size
+            spec["posenc"] = {**pe, "params": {**pe["params"], "max_len": spec["block_size"]}}
+        spec["block_size"] = block_size
+    if lora:
+        spec["lora"] = lora_config(lora)
+    name = name or f"{spec['name']}-{'lora' if lora else 'ft'}"
+    if name in reg.models and reg.models[name].dist != "<finetune>":
+        raise ZooError(f"model name {name!r} is already registered by {reg.models[name].origin}; pass --name.")
+    entry, preset = _register(name, spec, f"zoo finetune of {run}")
+    cfg.tokenizer = _tokenizer_file(run, base_ckpt)
+    cfg.preset = name
+    cfg.overrides = {"vocab_size": spec["vocab_size"]}  # the trainer would pad it; the weights fix it
+    kind = "lora" if lora else "full"
+    for k, v in {**FINETUNE_DEFAULTS[kind], **FINETUNE_RECIPE}.items():
+        if getattr(cfg, k, None) is None:
+            setattr(cfg, k, v)
+    trainer = Trainer(name, cfg, log=log)
+    try:
+        missing, unexpected = trainer.model.load_state_dict(base_sd, strict=False)
+    except RuntimeError as e:
+        raise ZooError(f"the weights of {str(run)!r} do not fit its spec: {str(e).splitlines()[-1].strip()}") from None
+    if unexpected or [k for k in missing if not is_adapter_key(k)]:
+        raise ZooError(f"the weights of {str(run)!r} do not fit its spec: missing "
+                       f"{[k for k in missing if not is_adapter_key(k)][:3]}, unexpected {unexpected[:3]}.")
+    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainer.log(f"fine-tuning {spec['name']} from {run}: {kind}, {n_train:,} of {trainer.n_params:,} parameters "
+                f"trainable" + (f" (LoRA r={spec['lora']['r']}, alpha={spec['lora']['alpha']}, targets "
+                                f"{','.join(spec['lora']['targets'])})" if lora else ""))
+    result = trainer.fit(Progress(trainer.dist.main, trainer.cfg.max_iters, trainer.cfg.log_interval))
+    if trainer.dist.main:
+        run_dir = Path(result["run_dir"])
+        write_json(run_dir / "manifest.json", {"version": 1, "presets": {name: preset}, "models": {name: entry}})
+        if lora:
+            final = load_checkpoint(run_dir)
+            result["adapter"] = str(save_adapter(run_dir, final, base=str(run)))
+    trainer.dist.close()
+    return result
+
+
+def _tokenizer_file(run, ckpt) -> str:
+    """A file holding the base run's tokenizer config, which the trainer loads like any tokenizer
+    file: the run's tokenizer.json when it matches the checkpoint, else a copy beside the checkpoint."""
+    d = resolve_checkpoint_path(run).parent
+    f = d / "tokenizer.json"
+    cfg = ckpt.get("tokenizer")
+    if f.is_file() and (cfg is None or json.loads(f.read_text(encoding="utf-8")) == cfg):
+        return str(f)
+    if cfg is None:
+        raise ZooError(f"{str(run)!r} has no tokenizer (none in the checkpoint, no tokenizer.json beside it).")
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix="zoo-finetune-tokenizer-", suffix=".json")
+    with open(fd, "w", encoding="utf-8") as fh:
+        json.dump(cfg, fh)
+    return path

@@ -1,0 +1,471 @@
+"""The trainer of ``zoo train`` and ``zoo finetune``.
+
+One loop serves a laptop CPU, one GPU and ``torchrun`` (DDP, or FSDP2's ``fully_shard`` with
+``--fsdp``). AdamW (fused on CUDA) with no weight decay on norms, biases and embeddings; warmup
+then cosine decay to a floor, or warmup-stable-decay (Hu et al. 2024, MiniCPM, arXiv:2404.06395);
+gradient accumulation with the gradients scaled once per optimizer step; clipping; bf16 autocast
+and TF32 on GPUs; optional ``torch.compile``; evaluation on fixed validation batches; optional
+early stopping. A non-finite loss stops the run and keeps the last good checkpoint.
+
+Order of one step (so that a resumed run repeats an uninterrupted one exactly): take the step's
+batches from the sampler, forward/backward, clip, optimizer step; then, when due, evaluate, write a
+text sample (with the RNG state forked, so sampling does not move the training RNG) and the
+checkpoint. The checkpoint holds model, optimizer, step, per-rank RNG states and the sampler's
+position; the schedule is a function of the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .. import data as D
+from ..errors import ZooError
+from ..generate.text import generate_text
+from ..io.atomic import write_json
+from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
+from ..io.rundir import check_writable, new_run_id
+from ..nn.device import default_dtype, parse_dtype
+from ..nn.transformer import build_from_spec
+from ..perf.flops import model_flops_per_token
+from ..perf.peaks import datasheet_peak
+from ..spec.catalog import get_registry
+from ..spec.manifest import resolve_entry
+from ..spec.resolve import resolve_spec
+from ..tokenizers import from_config, get_tokenizer
+from ..version import __version__
+from .config import TrainConfig, config_fields, recipe_of
+from .dist import Dist
+from .progress import Progress, hms
+from .schedule import lr_at, param_groups
+
+
+def _flatten(d: dict, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        elif v is None:
+            out[key] = "None"
+        else:
+            out[key] = json.dumps(v)
+    return out
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def sample_text(model, tokenizer, prompt, max_new_tokens, seed=0):
+    """A text sample for TensorBoard (the training RNG is left where it was)."""
+    import torch
+    with torch.random.fork_rng(devices=[] if model.wte.weight.device.type != "cuda" else None):
+        return generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.8,
+                             top_k=200, seed=seed)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def load_data(cfg: TrainConfig, tokenizer_cfg: dict | None = None):
+    """-> (tokenizer, train arrays, val arrays, description)."""
+    import numpy as np
+    path = D.find_dataset(cfg.dataset, cfg.data)
+    if path.is_dir():
+        meta = D.load_meta(path)
+        tok = from_config(tokenizer_cfg or meta["tokenizer"])
+        if cfg.tokenizer and not tokenizer_cfg:
+            want = get_tokenizer(cfg.tokenizer, corpus="") if cfg.tokenizer != "char" else None
+            if want is None or want.config() != meta["tokenizer"]:
+                raise ZooError(f"the shards in {str(path)!r} were encoded with {meta['tokenizer'].get('type')} "
+                               f"tokens, not {cfg.tokenizer!r}; drop --tokenizer or prepare the shards again.")
+        train, val = D.open_shards(path, "train"), D.open_shards(path, "val")
+        if not val:
+            raise ZooError(f"the shards in {str(path)!r} have no validation split; prepare them with a "
+                           f"validation share (--val-fraction or --val-tokens).")
+        return tok, train, val, f"{sum(len(a) for a in train):,} train tokens in shards at {path}"
+    text = D.read_text(path)
+    tok = from_config(tokenizer_cfg) if tokenizer_cfg else get_tokenizer(cfg.tokenizer or "char", corpus=text)
+    tr, va = D.split_text(text)
+    dt = D.token_dtype(tok.vocab_size)
+    train, val = np.array(tok.encode(tr), dtype=dt), np.array(tok.encode(va), dtype=dt)
+    return tok, [train], [val], f"{len(train):,} train and {len(val):,} val tokens from {path}"
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, name: str | None, cfg: TrainConfig, resume: str | None = None, dist: Dist | None = None,
+                 log=None):
+        import torch
+        self.dist = dist or Dist(cfg.device)
+        self.log = log or Progress(self.dist.main, 1, cfg.log_interval).line
+        self.ckpt = None
+        if resume:
+            self.ckpt = load_checkpoint(resume)
+            if "train" not in self.ckpt or "sampler" not in self.ckpt:
+                raise ZooError(f"{resume!r} holds weights but no training state (optimizer, sampler); it "
+                               f"cannot be resumed. Start a new run, e.g. `zoo train {self.ckpt['spec']['name']}`.")
+            saved = TrainConfig(**{k: v for k, v in self.ckpt["train"].items()
+                                   if k in config_fields()})
+            if cfg.max_iters is not None:
+                saved.max_iters = cfg.max_iters  # extending a run is allowed; everything else is as saved
+            saved.device, saved.compile = cfg.device, cfg.compile
+            cfg = saved
+            name = self.ckpt["spec"]["name"]
+            self.run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        self.cfg, self.name = cfg, name
+        preset = cfg.preset
+        if preset is None:
+            preset = "baby" if self.dist.device.type == "cpu" else "char"
+            self.log(f"no --preset given: using {preset!r} ({'nanoGPT baby recipe, minutes on a CPU' if preset == 'baby' else 'nanoGPT shakespeare_char recipe on a GPU'})")
+            cfg.preset = preset
+        reg = get_registry()
+        cfg.fill(recipe_of(reg, preset))  # the preset's training recipe fills what the user left unset
+        if not self.ckpt:
+            resolve_spec(reg, name, preset, cfg.overrides)  # an unknown model or override fails before the data is read
+
+        # data and tokenizer before anything is written
+        self.tok, train_arrays, val_arrays, what = load_data(cfg, self.ckpt["tokenizer"] if self.ckpt else None)
+        if self.ckpt:
+            spec = self.ckpt["spec"]
+        else:
+            ov = dict(cfg.overrides)
+            if "vocab_size" not in ov:
+                v = self.tok.vocab_size
+                ov["vocab_size"] = v if v <= 256 else (v + 63) // 64 * 64  # padded for fast matmuls
+            spec = resolve_spec(reg, name, preset, ov)
+            if spec["vocab_size"] < self.tok.vocab_size:
+                raise ZooError(f"vocab_size={spec['vocab_size']} is smaller than the tokenizer's "
+                               f"{self.tok.vocab_size} tokens; drop the vocab_size override or raise it.")
+        self.spec = spec
+        T = spec["block_size"]
+        self.sampler = D.WindowSampler(train_arrays, T, seed=cfg.seed)
+        # the same validation windows for any world size at the same global batch
+        self.val_batches = D.fixed_batches(val_arrays, T, cfg.batch_size, cfg.eval_iters * self.dist.world)
+        self.log(f"data: {what}; tokenizer {self.tok.config()['type']} ({self.tok.vocab_size} tokens)")
+
+        # run directory
+        if not self.ckpt:
+            out = Path(cfg.out)
+            if self.dist.main:
+                check_writable(out)
+                parent = out / name
+                run_id = cfg.run_id or new_run_id(parent)
+                if cfg.run_id and (parent / run_id).exists():
+                    raise ZooError(f"run directory {str(parent / run_id)!r} already exists; choose another "
+                                   f"--run-id, or continue it with --resume {parent / run_id}.")
+            else:
+                run_id = None
+            run_id = self.dist.broadcast(run_id)
+            self.run_dir = out / name / run_id
+
+        # model
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        dev = self.dist.device
+        if dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.ptdtype = parse_dtype(cfg.dtype, default=default_dtype(dev))
+        self.model = build_from_spec(spec, reg).to(dev)
+        self.n_params = self.model.num_params()
+        self.wrapped = self.model
+        if self.dist.enabled:
+            if cfg.fsdp:
+                from torch.distributed.fsdp import fully_shard
+                for b in self.model.blocks:
+                    fully_shard(b)
+                fully_shard(self.model)
+            else:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+                self.wrapped = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        fused = dev.type == "cuda" and not (self.dist.enabled and cfg.fsdp)  # fused kernels take plain tensors
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                     betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+        self.step = 0
+        self.best_val, self.evals_since_best, self.last_ckpt_step = float("inf"), 0, None
+        self.elapsed = 0.0
+        if self.ckpt:
+            self._load_state(self.ckpt)
+        torch.manual_seed(cfg.seed + 1000 * self.dist.rank + 1)  # dropout differs per rank
+        if self.ckpt:
+            self._load_rng(self.ckpt)
+        self.flops_tok = model_flops_per_token(self.model, spec["block_size"])["train"]
+        self.peak = datasheet_peak(dev)
+
+    # -- state ---------------------------------------------------------------------------------
+    # Model and optimizer state go through torch.distributed.checkpoint's state-dict API in every
+    # mode (one process, DDP, FSDP2): full, unsharded tensors on the CPU, the optimizer state keyed by
+    # parameter name, so a checkpoint resumes under any of them.
+    def _model_state(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _opt_state(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(self.model, self.opt,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_state(self, ckpt):
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True)
+        try:
+            set_model_state_dict(self.model, ckpt["model"], options=opts)
+            set_optimizer_state_dict(self.model, self.opt, ckpt["optimizer"], options=opts)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ZooError(f"the checkpoint's weights or optimizer state do not fit its model: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        self.step = int(ckpt["step"])
+        self.sampler.load_state(ckpt["sampler"])
+        self.best_val = float(ckpt.get("best_val", float("inf")))
+        self.evals_since_best = int(ckpt.get("evals_since_best", 0))
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        self.last_ckpt_step = self.step
+
+    def _load_rng(self, ckpt):
+        import torch
+        rng = ckpt.get("rng") or {}
+        states = rng.get("torch") or []
+        if len(states) != self.dist.world:
+            self.log(f"note: the checkpoint holds RNG states for {len(states)} rank(s), this run has "
+                     f"{self.dist.world}; dropout will not repeat the original run exactly")
+            return
+        torch.set_rng_state(states[self.dist.rank])
+        cuda = rng.get("cuda") or []
+        if self.dist.device.type == "cuda" and len(cuda) == self.dist.world and cuda[self.dist.rank] is not None:
+            torch.cuda.set_rng_state(cuda[self.dist.rank], self.dist.device)
+
+    def save(self):
+        import torch
+        model_state = self._model_state()
+        opt_state = self._opt_state()
+        cuda = torch.cuda.get_rng_state(self.dist.device) if self.dist.device.type == "cuda" else None
+        states = self.dist.gather((torch.get_rng_state(), cuda))
+        if self.dist.main:
+            payload = {
+                "model": model_state, "optimizer": opt_state, "spec": self.spec, "tokenizer": self.tok.config(),
+                "plugins": plugins_of(self.spec), "step": self.step, "train": dataclasses.asdict(self.cfg),
+                "sampler": self.sampler.state(), "rng": {"torch": [s[0] for s in states], "cuda": [s[1] for s in states]},
+                "best_val": self.best_val, "evals_since_best": self.evals_since_best, "elapsed": self.elapsed,
+                "world_size": self.dist.world, "zoo_version": __version__,
+                "torch_version": str(torch.__version__),
+            }
+            save_checkpoint(self.run_dir / CKPT_NAME, payload)
+        self.dist.barrier()
+        self.last_ckpt_step = self.step
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self) -> float:
+        import torch
+        self.model.eval()
+        total = torch.zeros(2, device=self.dist.device)  # (sum of losses * windows, windows)
+        with torch.no_grad():
+            for x, y in self.val_batches[self.dist.rank::self.dist.world]:
+                x, y = x.to(self.dist.device), y.to(self.dist.device)
+                with self._autocast():
+                    _, loss = self.forward(x, y)
+                total[0] += loss.float() * x.shape[0]
+                total[1] += x.shape[0]
+        self.dist.all_sum(total)
+        self.model.train()
+        return (total[0] / total[1]).item()
+
+    def _autocast(self):
+        import contextlib
+        import torch
+        if self.ptdtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.dist.device.type, dtype=self.ptdtype)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+        if self.ckpt:
+            # TensorBoard reads a run's event files in name order, and names start with the creation
+            # second: make sure the resumed run's file sorts after the files it continues.
+            stamps = [int(p.name.split(".")[3]) for p in self.run_dir.glob("events.out.tfevents.*")
+                      if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+            while stamps and int(time.time()) <= max(stamps):
+                time.sleep(0.05)
+        # on resume, hide what a killed process logged after its last checkpoint
+        return SummaryWriter(log_dir=str(self.run_dir), purge_step=self.step + 1 if self.ckpt else None)
+
+    def _write_run_files(self, w):
+        from torch.utils.tensorboard.summary import hparams
+        write_json(self.run_dir / "spec.json", self.spec)
+        write_json(self.run_dir / "tokenizer.json", self.tok.config(), indent=None)
+        entry = resolve_entry(get_registry(), self.spec["name"])
+        hp = _flatten(self.spec, "spec.")
+        hp.update(_flatten({k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "overrides"}, "train."))
+        hp["manifest_hash"] = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
+        hp.update({f"plugin.{d}": v for d, v in plugins_of(self.spec).items()})
+        hp["params"] = self.n_params
+        hp["world_size"] = self.dist.world
+        exp, ssi, sei = hparams(hp, {"val/loss": float("nan"), "val/best_loss": float("nan")})
+        for s in (exp, ssi, sei):
+            w.file_writer.add_summary(s)
+        w.add_text("spec", "```\n" + json.dumps(self.spec, indent=2) + "\n```", 0)
+
+    def fit(self, progress: Progress | None = None) -> dict:
+        import torch
+        cfg, dev, d = self.cfg, self.dist.device, self.dist
+        progress = progress or Progress(d.main, cfg.max_iters, cfg.log_interval)
+        w = None
+        if d.main:
+            new_dir = not self.run_dir.exists()
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                w = self._writer()
+                if not self.ckpt:
+                    self._write_run_files(w)
+            except OSError as e:
+                if new_dir:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise ZooError(f"cannot write the run directory {str(self.run_dir)!r}: {e.strerror}. "
+                               f"Choose another --out.") from None
+            w.add_scalar("model/params", self.n_params, self.step)
+            verb = f"resuming at step {self.step} of" if self.ckpt else "training"
+            self.log(f"{verb} {self.name} ({self.n_params / 1e6:.2f}M params, preset {cfg.preset}) on {dev} "
+                     f"{str(self.ptdtype).replace('torch.', '')} x{d.world}; run dir {self.run_dir}")
+        d.barrier()
+        B, T, A = cfg.batch_size, self.spec["block_size"], cfg.grad_accum
+        tokens_per_step = B * T * A * d.world
+        history, val_history = [], []
+        if self.step == 0:
+            v = self.evaluate()
+            val_history.append((0, v))
+            self.best_val = v
+            if w:
+                w.add_scalar("val/loss", v, 0)
+        self.model.train()
+        t_start, t_last, tps_hist = time.time(), time.time(), []
+        stop_reason = None
+        fault = int(os.environ.get("ZOO_TEST_SIGKILL_AT_STEP", "0") or 0)  # test hook: see tests/test_train.py
+        try:
+            while self.step < cfg.max_iters:
+                if fault and self.step == fault:
+                    import signal
+                    os.kill(os.getpid(), signal.SIGKILL)
+                lr = lr_at(self.step, cfg)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                idx = self.sampler.next_indices(B * A * d.world)
+                loss_sum = torch.zeros((), device=dev)
+                for a in range(A):
+                    lo = (a * d.world + d.rank) * B
+                    x, y = self.sampler.gather(idx[lo:lo + B])
+                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                    sync = a == A - 1
+                    if isinstance(self.wrapped, torch.nn.parallel.DistributedDataParallel):
+                        self.wrapped.require_backward_grad_sync = sync
+                    elif d.enabled and cfg.fsdp:
+                        self.model.set_requires_gradient_sync(sync)
+                    with self._autocast():
+                        _, loss = self.forward(x, y)
+                    loss.backward()
+                    loss_sum += loss.detach().float()
+                if A > 1:  # gradients of the summed micro-batch losses, scaled once per optimizer step
+                    for p in self.model.parameters():
+                        if p.grad is not None:
+                            p.grad.div_(A)
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                if hasattr(gn, "full_tensor"):
+                    gn = gn.full_tensor()
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                loss_t = d.all_mean(loss_sum / A)
+                lossf = loss_t.item()
+                if not math.isfinite(lossf):
+                    where = (f"the last good checkpoint (step {self.last_ckpt_step}) stays in {self.run_dir}"
+                             if self.last_ckpt_step is not None else f"no checkpoint was written yet; {self.run_dir} holds only logs")
+                    raise ZooError(f"the training loss became {lossf} at step {self.step + 1}; stopping. {where}. "
+                                   f"Lower the learning rate (--lr), raise warmup (--warmup) or clip harder (--grad-clip).")
+                self.step += 1
+                history.append((self.step, lossf))
+                now = time.time()
+                dt, t_last = now - t_last, now
+                self.elapsed += dt
+                tps = tokens_per_step / max(dt, 1e-9)
+                tps_hist.append(tps)
+                avg_tps = sum(tps_hist[-20:]) / len(tps_hist[-20:])
+                eta = (cfg.max_iters - self.step) * tokens_per_step / avg_tps
+                progress.step(self.step, lossf, lr, avg_tps, eta)
+                if w and (self.step % cfg.log_interval == 0 or self.step == cfg.max_iters or self.step == 1):
+                    w.add_scalar("train/loss", lossf, self.step)
+                    w.add_scalar("train/lr", lr, self.step)
+                    w.add_scalar("train/grad_norm", float(gn), self.step)
+                    w.add_scalar("train/tokens_per_sec", tps, self.step)
+                    w.add_scalar("time/elapsed_s", self.elapsed, self.step)
+                    w.add_scalar("memory/peak_mb", peak_memory_mb(dev), self.step)
+                    if self.peak:
+                        w.add_scalar("train/mfu", self.flops_tok * tps / (self.peak * d.world), self.step)
+                    for mname, m in self.model.named_modules():
+                        fn = getattr(m, "zoo_stats", None)
+                        if callable(fn):
+                            for k, v in (fn() or {}).items():
+                                w.add_scalar(f"components/{mname}/{k}", float(v), self.step)
+                    aux = self.model.aux_loss() if hasattr(self.model, "aux_loss") else None
+                    if aux is not None:
+                        w.add_scalar("train/aux_loss", float(aux.detach()), self.step)
+                last = self.step == cfg.max_iters
+                if self.step % cfg.eval_interval == 0 or last:
+                    v = self.evaluate()
+                    val_history.append((self.step, v))
+                    improved = v < self.best_val
+                    self.best_val = min(self.best_val, v)
+                    self.evals_since_best = 0 if improved else self.evals_since_best + 1
+                    progress.line(f"step {self.step}: train loss {lossf:.4f}, val loss {v:.4f}"
+                                  f"{' (best)' if improved else ''}, {hms(self.elapsed)} elapsed")
+                    if w:
+                        w.add_scalar("val/loss", v, self.step)
+                        w.add_scalar("val/best_loss", self.best_val, self.step)
+                    if cfg.sample_tokens > 0 and (d.main or cfg.fsdp):
+                        text = sample_text(self.model, self.tok, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)
+                        if w:
+                            w.add_text("sample", "```\n" + text + "\n```", self.step)
+                    self.model.train()
+                    if cfg.early_stop and self.evals_since_best >= cfg.early_stop:
+                        stop_reason = f"early stop: no improvement in {cfg.early_stop} evaluations"
+                        self.save()
+                        break
+                if self.step % cfg.ckpt_interval == 0 or last:
+                    self.save()
+                t_last = time.time()  # evaluation and checkpoint time does not count as training time
+            if stop_reason:
+                progress.line(stop_reason)
+        finally:
+            if w:
+                w.flush()
+                w.close()
+        warm = tps_hist[min(len(tps_hist) - 1, 5):] if tps_hist else []
+        result = {"model": self.name, "run_dir": str(self.run_dir), "params": self.n_params, "steps": self.step,
+                  "best_val_loss": self.best_val, "final_val_loss": val_history[-1][1] if val_history else None,
+                  "tokens_per_sec": sum(warm) / len(warm) if warm else None, "wall_time_s": time.time() - t_start,
+                  "history": history, "val_history": val_history}
+        progress.line(f"done: {self.name} best val loss {self.best_val:.4f} in {self.step} steps; "
+                      f"checkpoint {self.run_dir / 'ckpt.pt'}")
+        return result
+
+
+def train(name: str | None = None, cfg: TrainConfig | None = None, resume: str | None = None, dist=None, log=None,
+          progress=None) -> dict:
+    """Train one model (or resume a run) and return a summary with the loss history."""
+    cfg = cfg or TrainConfig()
+    t = Trainer(name, cfg, resume=resume, dist=dist, log=log)
+    if progress is None:
+        progress = Progress(t.dist.main, t.cfg.max_iters, t.cfg.log_interval)
+    return t.fit(progress)
