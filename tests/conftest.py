@@ -38,19 +38,28 @@ def needs_data():
 class PluginVenv:
     """A virtual environment for installing plugin packages with pip, as a user would.
 
-    It is made with ``--system-site-packages`` so that it sees this interpreter's zoo and torch
-    (installing those again would take minutes), while what a test installs lands in the venv's
-    own site-packages and is invisible to this interpreter: a package is discovered there only
-    through its installed metadata. pip is this interpreter's, run as ``venv/bin/python -m pip``.
+    It sees this interpreter's packages (zoo, torch, pip: installing those again would take
+    minutes), while what a test installs lands in the venv's own site-packages, ahead of them on
+    its path, and is invisible to this interpreter: a package is discovered there only through its
+    installed metadata. ``--system-site-packages`` alone is not enough when this interpreter is
+    itself a virtual environment (it would reach the base Python's packages, not this one's), so a
+    ``.pth`` file adds this interpreter's site directories, their own ``.pth`` files (an editable
+    install's finder) included. pip is this interpreter's, run as ``venv/bin/python -m pip``.
     """
 
     def __init__(self, path: Path):
+        import site
         import subprocess
         import sys
         self.path = path
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)],
                        check=True, capture_output=True)
         self.python = path / "bin" / "python"
+        own = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        outer = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if Path(d).is_dir()]
+        (Path(own) / "_zoo_test_outer_site.pth").write_text(
+            "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in outer) + "\n")
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZOO_PLUGINS", "ZOO_MANIFEST")}
         self.env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONDONTWRITEBYTECODE="1")
 
