@@ -83,3 +83,21 @@ def test_moe_flops_count_only_the_experts_a_token_uses():
     f = {k: model_flops_per_token(m, 32)["forward"] for k, m in (("top2", top2), ("top1", top1), ("more", more))}
     assert f["top2"] - f["top1"] == L * one_expert
     assert f["more"] - f["top2"] == L * 2 * C * 8  # eight more experts cost only their router columns
+
+
+def test_cache_against_recompute_through_the_cli(tmp_path, capsys):
+    """`zoo bench --cache` (what was `python -m zoo.generate --bench`): both decoders, the same tokens."""
+    import torch
+    out = tmp_path / "cache.json"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "gpt2", "--cache", "--preset", "tiny", "--new-tokens", "8", "--threads", "1",
+                     "--json", str(out)]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert res["model"] == "gpt2" and res["new_tokens"] == 8 and res["same_tokens"] is True
+    assert "speedup" in capsys.readouterr().out
+    assert main(["bench", "gpt2", "--cache", "--preset", "tiny", "--new-tokens", "4", "--only", "cache",
+                 "--set", "n_layers=1"]) == 0
