@@ -34,12 +34,27 @@ def test_find_dataset_uses_zoo_data_dir_and_data_flag(tmp_path, monkeypatch):
 def test_offline_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    bad = dict(corpus.TINYSHAKESPEARE, url="http://127.0.0.1:9/tinyshakespeare.txt")  # nothing listens there
+    # a package without the embedded copy: the download is tried, and fails here
+    bad = dict(corpus.TINYSHAKESPEARE, url="http://127.0.0.1:9/tinyshakespeare.txt", embedded=None)  # nothing listens
     monkeypatch.setitem(D.DATASETS, "tinyshakespeare", bad)
     with pytest.raises(zoo.ZooError) as e:
         D.find_dataset("tinyshakespeare")
     assert str(tmp_path / "zoo" / "tinyshakespeare.txt") in str(e.value) and "ZOO_DATA_DIR" in str(e.value)
     assert not any((tmp_path / "zoo").glob("*"))  # no partial file left
+
+
+def test_the_package_ships_tiny_shakespeare_for_machines_without_network(tmp_path, monkeypatch):
+    """Without ZOO_DATA_DIR and with an empty cache the built-in corpus comes from the package (the
+    network is never asked), is the canonical file (md5 6fb458f1...), and is unpacked once."""
+    import hashlib
+    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(corpus, "_download", lambda *a: pytest.fail("the embedded copy must be used, not the network"))
+    p = D.find_dataset("tinyshakespeare")
+    assert p == tmp_path / "zoo" / "tinyshakespeare.txt"
+    assert hashlib.md5(p.read_bytes()).hexdigest() == "6fb458f1232090904fb40fe944165e91"
+    mtime = p.stat().st_mtime_ns
+    assert D.find_dataset("tinyshakespeare") == p and p.stat().st_mtime_ns == mtime
 
 
 def test_sampler_is_without_replacement_within_an_epoch_and_resumable():

@@ -39,6 +39,7 @@ def test_wheel_contents(wheel):
     assert "core" not in tops and "plugins" not in tops
     assert {"zoo", "zoo_plugins"} <= tops
     assert "zoo_plugins/zoo.json" in names and "zoo/spec/schema/manifest.schema.json" in names
+    assert "zoo/data/tinyshakespeare.txt.gz" in names  # the main job's corpus, for machines without network
     # every package of the source tree and every template ships (pyproject lists the packages by hand)
     inits = {"/".join(("zoo",) + p.relative_to(ROOT / "core").parts) for p in (ROOT / "core").rglob("__init__.py")}
     assert len(inits) > 10 and inits <= set(names), sorted(inits - set(names))
@@ -68,3 +69,11 @@ def test_wheel_in_a_fresh_venv_lists_models(wheel, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "gpt2-rope-gqa" in p.stdout and "llama" in p.stdout
     assert "warning" not in p.stderr
+    # the README's main job, offline: no ZOO_DATA_DIR, an empty cache, the corpus from the wheel
+    env = {k: v for k, v in env.items() if k != "ZOO_DATA_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    p = subprocess.run([str(py), "-m", "zoo", "train", "gpt2-rope-gqa", "--preset", "tiny", "--max-iters", "2",
+                        "--eval-iters", "1", "--sample-tokens", "0", "--out", str(tmp_path / "runs")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert str(tmp_path / "cache" / "zoo" / "tinyshakespeare.txt") in p.stderr

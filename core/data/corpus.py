@@ -1,4 +1,4 @@
-"""Text corpora: the built-in ``tinyshakespeare`` (downloaded once, checked by size and sha256), your
+"""Text corpora: the built-in ``tinyshakespeare`` (shipped compressed in the package), your
 own text files, and nanoGPT's split (the first 90% of the characters train, the last 10% validate)."""
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import os
 from pathlib import Path
 
 from ..errors import ZooError
+from ..io.atomic import write_atomically
 
 TINYSHAKESPEARE = {
     "file": "tinyshakespeare.txt",
     "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
     "size": 1115394,
     "sha256": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    # shipped inside the package, gzip-compressed (434 kB; the text is public domain), so the main job
+    # runs on a machine without network; the download above is for a machine whose package lacks it
+    "embedded": "tinyshakespeare.txt.gz",
 }
 DATASETS = {"tinyshakespeare": TINYSHAKESPEARE}
 
@@ -53,8 +57,8 @@ def _download(info: dict, dest: Path):
 
 def find_dataset(name: str = "tinyshakespeare", data: str | None = None) -> Path:
     """The path of the training data: ``data`` (a text file, a directory holding the dataset's file, or
-    a shard directory with meta.json), else ``$ZOO_DATA_DIR/<file>``, else the user cache, downloading
-    a built-in dataset once (checked by size and sha256)."""
+    a shard directory with meta.json), else ``$ZOO_DATA_DIR/<file>``, else the user cache, filled once
+    from the copy inside the package (Tiny Shakespeare) or else downloaded (checked by size and sha256)."""
     if data:
         p = Path(data).expanduser()
         if p.is_dir():
@@ -78,11 +82,34 @@ def find_dataset(name: str = "tinyshakespeare", data: str | None = None) -> Path
         if p.is_file():
             return p
         raise ZooError(f"ZOO_DATA_DIR={env!r} does not hold {info['file']}. Put the file there, or unset "
-                       f"ZOO_DATA_DIR to download it into {cache_dir()}.")
+                       f"ZOO_DATA_DIR to use the zoo's own copy (in {cache_dir()}).")
     p = cache_dir() / info["file"]
     if not p.is_file():
-        _download(info, p)
+        if not _extract_embedded(info, p):
+            _download(info, p)
     return p
+
+
+def _extract_embedded(info: dict, dest: Path) -> bool:
+    """Write the copy shipped in the package to ``dest`` (checked by size and sha256); False if the
+    package has none."""
+    import gzip
+    from importlib.resources import files
+    name = info.get("embedded")
+    src = files("zoo.data").joinpath(name) if name else None
+    if src is None or not src.is_file():
+        return False
+    data = gzip.decompress(src.read_bytes())
+    if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise ZooError(f"the copy of {info['file']} inside the zoo package is damaged (size or sha256 differ); "
+                       f"reinstall the zoo, or pass --data FILE.")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(dest, lambda f: f.write(data))
+    except OSError as e:
+        raise ZooError(f"cannot unpack {info['file']} into {str(dest.parent)!r} ({e.strerror}); set XDG_CACHE_HOME "
+                       f"to a writable directory, or ZOO_DATA_DIR to one holding {info['file']}.") from None
+    return True
 
 
 def read_text(path: Path) -> str:
