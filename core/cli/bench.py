@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from ..errors import ZooError
-from ..io.atomic import write_json
-from .util import overrides, table
+from ..io.atomic import check_output_file, write_json
+from .util import json_file_with, overrides, table
 
 
 def _fmt(x, unit=""):
@@ -64,6 +64,10 @@ def _spread(t):
 
 def cmd_bench(args):
     from ..perf.bench import run_bench
+    if args.json:  # before measuring, so a bad path does not fail after the whole run
+        check_output_file(args.json, args.force, inputs=[args.vs] if args.vs else (),
+                          ours=json_file_with("environment") if not args.cache else json_file_with("new_tokens"),
+                          what="--json file")
     vs = None
     if args.vs:
         try:
@@ -130,5 +134,6 @@ def add_cli(sub):
     s.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a shared "
                                                "machine 1 avoids stalls of an oversubscribed thread pool")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    s.add_argument("--force", action="store_true", help="overwrite a --json file that zoo bench did not write")
     s.add_argument("--vs", metavar="FILE", help="print ratios against an earlier --json result")
     s.set_defaults(fn=cmd_bench)

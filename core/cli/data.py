@@ -35,9 +35,12 @@ def cmd_prepare(args):
 def cmd_tokenizer_train(args):
     import time
     from ..data.corpus import find_dataset, read_text
-    from ..io.atomic import write_json
+    from ..io.atomic import check_output_file, write_json
     from ..tokenizers.bpe import BPETokenizer, train_bpe
+    from .util import json_file_with
     path = find_dataset("tinyshakespeare", args.data)
+    check_output_file(args.out, args.force, inputs=[path], ours=json_file_with("type", "merges"),
+                      what="tokenizer file")
     text = read_text(path)
     if args.max_chars:
         text = text[:args.max_chars]
@@ -81,5 +84,7 @@ def add_cli(sub):
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--max-chars", type=int, help="train on only the first this many characters")
     p.add_argument("--out", required=True, help="where to save the tokenizer (JSON)")
+    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a tokenizer this "
+                                                        "command wrote (never the corpus itself)")
     p.set_defaults(fn=cmd_tokenizer_train)
     s.set_defaults(fn=lambda a: (s.print_help(), 2)[1])

@@ -31,10 +31,12 @@ def cmd_finetune(args):
 
 
 def cmd_merge(args):
-    from ..io.atomic import replace_dir, write_json
-    from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
+    from ..io.atomic import check_output_dir, replace_dir, write_json
+    from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, resolve_checkpoint_path, save_checkpoint
     from ..nn.lora import merge_state_dict, merged_state_dict
     from ..train.finetune import load_adapter
+    inputs = [resolve_checkpoint_path(args.run).parent] + ([args.adapter] if args.adapter else [])
+    check_output_dir(args.out, args.force, inputs)
     ckpt = load_checkpoint(args.run)
     if args.adapter:  # adapters from a file, onto the base run given as RUN
         cfg, ad = load_adapter(args.adapter)
@@ -60,7 +62,7 @@ def cmd_merge(args):
         if ckpt.get("tokenizer"):
             write_json(d / "tokenizer.json", ckpt["tokenizer"], indent=None)
 
-    replace_dir(Path(args.out), fill, args.force)
+    replace_dir(Path(args.out), fill, args.force, command="zoo lora merge", inputs=inputs)
     print(f"merged the adapters into {args.out} ({spec['name']}, no adapters; zoo export hf works on it)")
 
 
@@ -105,6 +107,6 @@ def add_cli(sub):
     p.add_argument("run", metavar="RUN_DIR", help="a LoRA run, or with --adapter the base run")
     p.add_argument("--adapter", metavar="FILE", help="an adapter.safetensors to apply to RUN_DIR")
     p.add_argument("--out", required=True)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace OUT if an earlier zoo command wrote it")
     p.set_defaults(fn=cmd_merge)
     s.set_defaults(fn=lambda a: (s.print_help(), 2)[1])

@@ -36,7 +36,8 @@ def add_cli(sub):
                    help="dtype of the stored weights (default float32)")
     p.add_argument("--block-size", type=int, help="context length of the spec (default: the config's maximum)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output directory if a zoo command wrote it (never anything else)")
     p.set_defaults(fn=cmd_import)
     s.set_defaults(fn=lambda a: (s.print_help(), 2)[1])
 
@@ -47,6 +48,7 @@ def add_cli(sub):
                                     "Hugging Face tokenizers) for gpt2-, llama- and mistral-shaped models.")
     p.add_argument("run", help="a run directory or checkpoint file")
     p.add_argument("out", help="the directory to create")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output directory if a zoo command wrote it (never anything else)")
     p.set_defaults(fn=cmd_export)
     s.set_defaults(fn=lambda a: (s.print_help(), 2)[1])

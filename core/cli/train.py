@@ -96,6 +96,7 @@ def add_cli(sub):
     s.add_argument("--out", default="runs", help="runs directory for model names (default: runs)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--plot", metavar="FILE", help="write a PNG of the validation curves")
+    s.add_argument("--force", action="store_true", help="overwrite a --plot file that zoo compare did not write")
     s.set_defaults(fn=cmd_compare)
 
 
@@ -111,7 +112,10 @@ def cmd_tensorboard(args):
 
 
 def cmd_compare(args):
-    from ..train.compare import find_runs, plot, read_run
+    from ..io.atomic import check_output_file
+    from ..train.compare import find_runs, is_our_plot, plot, read_run
+    if args.plot:
+        check_output_file(args.plot, args.force, ours=is_our_plot, what="--plot file")
     rows = [read_run(r) for r in find_runs(args.runs, args.out)]
     if args.plot:
         plot(rows, args.plot)

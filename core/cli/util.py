@@ -1,5 +1,7 @@
-"""What the commands share: tables, sizes and ``--set`` overrides."""
+"""What the commands share: tables, sizes, ``--set`` overrides, and recognising files the zoo wrote."""
 from __future__ import annotations
+
+import json
 
 from ..spec.manifest import parse_override
 
@@ -19,3 +21,16 @@ def table(rows, headers):
 
 def overrides(pairs):
     return dict(parse_override(p) for p in pairs or [])
+
+
+def json_file_with(*keys):
+    """A test for ``check_output_file``: the file is JSON holding all these keys (a file this command
+    wrote before, which it may overwrite)."""
+    def ours(path) -> bool:
+        try:
+            data = json.loads(open(path, "rb").read(1 << 24))
+        except (OSError, ValueError):
+            return False
+        items = data if isinstance(data, list) else [data]
+        return bool(items) and all(isinstance(d, dict) and all(k in d for k in keys) for d in items)
+    return ours

@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 from ..errors import ZooError
+from ..io.atomic import write_atomically
+
+PLOT_SOFTWARE = "zoo compare"  # in the PNG's metadata: a plot this command may overwrite
 
 
 def _is_run(p: Path) -> bool:
@@ -74,6 +77,15 @@ def read_run(run: Path) -> dict:
     }
 
 
+def is_our_plot(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and PLOT_SOFTWARE.encode() in head
+
+
 def plot(rows, path):
     try:
         import matplotlib
@@ -92,7 +104,7 @@ def plot(rows, path):
     ax.legend()
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120, metadata={"Software": PLOT_SOFTWARE}))
     except OSError as e:
         raise ZooError(f"cannot write {path!r}: {e.strerror}.") from None
     plt.close(fig)

@@ -32,8 +32,8 @@ import re
 from pathlib import Path
 
 from ...errors import ZooError
-from ...io.atomic import replace_dir, write_json, write_text
-from ...io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
+from ...io.atomic import check_output_dir, replace_dir, write_json, write_text
+from ...io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, resolve_checkpoint_path, save_checkpoint
 from ...io.safetensors import load_file, save_file
 from ...nn.device import dtype_name, parse_dtype
 from ...nn.lora import merged_state_dict
@@ -235,6 +235,7 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
     """Import a Hugging Face checkpoint into run directory ``out``; returns its spec."""
     import torch
     src = resolve_source(source, revision)
+    check_output_dir(out, force, inputs=[src])  # before reading anything: a refusal costs nothing
     cfg = read_config(src)
     arch = arch_for(cfg)
     name = name or "hf-" + _safe_name(Path(source.rstrip("/")).name)
@@ -272,7 +273,7 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
         write_json(d / "manifest.json", manifest)
         write_json(d / "hf_config.json", cfg)
 
-    replace_dir(Path(out), fill, force)
+    replace_dir(Path(out), fill, force, command="zoo import hf", inputs=[src])
     return spec
 
 
@@ -308,6 +309,8 @@ def convert_from_zoo(spec: dict, sd: dict, arch) -> dict:
 
 def export_hf(run, out, force: bool = False) -> Path:
     """Write the Hugging Face layout of a zoo checkpoint to directory ``out``."""
+    run_dir = resolve_checkpoint_path(run).parent
+    check_output_dir(out, force, inputs=[run_dir])
     ckpt = load_checkpoint(run)
     spec, sd = ckpt["spec"], ckpt["model"]
     if spec.get("lora"):
@@ -336,5 +339,5 @@ def export_hf(run, out, force: bool = False) -> Path:
             write_text(d / "tokenizer.json", tok["json"])
             write_json(d / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast"}, indent=None)
 
-    replace_dir(Path(out), fill, force)
+    replace_dir(Path(out), fill, force, command="zoo export hf", inputs=[run_dir])
     return Path(out)
