@@ -21,6 +21,16 @@ def pytest_configure(config):
     os.environ.pop("ZOO_PLUGINS", None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (minutes each) run with ZOO_SLOW_TESTS=1 or when asked for with -m slow."""
+    if os.environ.get("ZOO_SLOW_TESTS") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow (minutes): run with ZOO_SLOW_TESTS=1, or select it with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def fresh_registry():
     """Reload the registry before and after a test that changes plugins or manifests."""

@@ -54,7 +54,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, corpus):
     assert [s for s, _ in full["history"]] == list(range(1, 21))
 
     # the same run in a process killed with SIGKILL at step 15; its last checkpoint is step 10
-    env = dict(os.environ, ZOO_TEST_SIGKILL_AT_STEP="15")
+    env = dict(os.environ, ZOO_TEST_SIGKILL_AT="step:16")  # at the start of the 16th step
     cmd = [sys.executable, "-m", "zoo", "train", "gpt2", *_cli_args(cfg), "--out", str(tmp_path / "b"), "--run-id", "r"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr

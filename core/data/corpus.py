@@ -112,6 +112,13 @@ def _extract_embedded(info: dict, dest: Path) -> bool:
     return True
 
 
+def fingerprint(path) -> str:
+    """The sha256 that identifies training data: of a text file, or of a shard directory's meta.json
+    (which lists every shard with its token count)."""
+    path = Path(path)
+    return _sha256(path / "meta.json" if path.is_dir() else path)
+
+
 def read_text(path: Path) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")

@@ -21,9 +21,10 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
-            unseen = sorted({c for c in text if c not in self.stoi})
-            raise ZooError(f"the char tokenizer has never seen {''.join(unseen)!r} (not in its training "
-                           f"corpus); use only characters from: {self.chars!r}") from None
+            unseen = "".join(sorted({c for c in text if c not in self.stoi}))
+            known = repr(self.chars) if len(self.chars) <= 80 else f"{self.chars[:80]!r} and {len(self.chars) - 80} more"
+            raise ZooError(f"the char tokenizer has never seen {unseen[:40]!r}{' and more' if len(unseen) > 40 else ''} "
+                           f"(not in its training corpus); it knows {len(self.chars)} characters: {known}") from None
 
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)

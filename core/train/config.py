@@ -84,3 +84,38 @@ class TrainConfig:
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ZooError(f"unknown dtype {self.dtype!r}; choose auto, float32 or bfloat16.")
         return self
+
+
+# what a resumed run may change: how long it goes on, how it is watched, where it runs and where its
+# data now lives (checked to be the same data); anything else would make it another run
+RESUME_MAY_CHANGE = ("max_iters", "eval_interval", "eval_iters", "log_interval", "sample_tokens", "sample_prompt",
+                     "early_stop", "device", "compile", "data")
+
+
+def _flag(name: str) -> str:
+    return {"overrides": "--set", "sample_prompt": "the sample prompt"}.get(name, "--" + name.replace("_", "-"))
+
+
+def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
+    """The configuration of a resumed run: the saved one, with what ``given`` sets among
+    :data:`RESUME_MAY_CHANGE`; anything else ``given`` sets differently is refused by name. A field is
+    taken as given when it differs from TrainConfig's default; the device and --compile always come
+    from the resuming command (they change how the run is computed, not what)."""
+    base, cfg = TrainConfig(), TrainConfig(**{k: v for k, v in saved.items() if k in config_fields()})
+    refused = []
+    for f in fields(TrainConfig):
+        value = getattr(given, f.name)
+        if f.name in ("device", "compile"):
+            setattr(cfg, f.name, value)
+        elif value == getattr(base, f.name):
+            continue
+        elif f.name in RESUME_MAY_CHANGE:
+            setattr(cfg, f.name, value)
+        elif value != getattr(cfg, f.name):
+            refused.append(_flag(f.name))
+    if refused:
+        raise ZooError(f"a resumed run goes on as it was configured, so {', '.join(refused)} cannot change on "
+                       f"--resume. Drop {'it' if len(refused) == 1 else 'them'}, or start a new run to change "
+                       f"{'it' if len(refused) == 1 else 'them'}. What may change: "
+                       f"{', '.join(_flag(n) for n in RESUME_MAY_CHANGE)}.")
+    return cfg

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ from ..errors import ZooError
 from ..generate.text import generate_text
 from ..io.atomic import write_json
 from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
-from ..io.rundir import check_writable, new_run_id
+from ..io.faults import fault_point
+from ..io.rundir import (RunLock, check_writable, create_run_dir, never_checkpointed, new_run_id,
+                         stale_temp_files)
 from ..nn.device import default_dtype, parse_dtype
 from ..nn.transformer import build_from_spec
 from ..perf.flops import model_flops_per_token
@@ -40,7 +41,7 @@ from ..spec.manifest import resolve_entry
 from ..spec.resolve import resolve_spec
 from ..tokenizers import from_config, get_tokenizer
 from ..version import __version__
-from .config import TrainConfig, config_fields, recipe_of
+from .config import TrainConfig, recipe_of, resumed_config
 from .dist import Dist
 from .progress import Progress, hms
 from .schedule import lr_at, param_groups
@@ -67,6 +68,29 @@ def peak_memory_mb(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def usable_prompt(tok, prompt: str) -> str:
+    """``prompt`` if the tokenizer can encode it, else a prompt it can (a corpus without a newline
+    has no "\\n"): a text sample must never stop training."""
+    try:
+        if tok.encode(prompt):
+            return prompt
+    except ZooError:
+        pass
+    return "" if getattr(tok, "eot", None) is not None else tok.decode([0])
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a (nested) checkpoint payload."""
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def sample_text(model, tokenizer, prompt, max_new_tokens, seed=0):
@@ -109,23 +133,65 @@ def load_data(cfg: TrainConfig, tokenizer_cfg: dict | None = None):
 class Trainer:
     def __init__(self, name: str | None, cfg: TrainConfig, resume: str | None = None, dist: Dist | None = None,
                  log=None):
-        import torch
         self.dist = dist or Dist(cfg.device)
         self.log = log or Progress(self.dist.main, 1, cfg.log_interval).line
-        self.ckpt = None
+        self.ckpt, self.lock = None, None
+        try:
+            self._setup(name, cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Release the run directory (its lock); the trainer's work is over."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _resume(self, resume: str, given: TrainConfig) -> TrainConfig:
+        """Lock the run, clean what a killed process left, load its checkpoint; the saved configuration
+        with what may change on resume."""
+        self.run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        if never_checkpointed(self.run_dir):
+            raise ZooError(f"{resume!r} stopped before its first checkpoint, so there is nothing to resume. Start "
+                           f"it again: `zoo train MODEL --run-id {self.run_dir.name} --out {self.run_dir.parent.parent}` "
+                           f"replaces that folder.")
+        if self.dist.main and self.run_dir.is_dir():
+            self.lock = RunLock(self.run_dir).acquire()
+            for p in stale_temp_files(self.run_dir):  # a write that a killed process never finished
+                p.unlink()
+        self.ckpt = load_checkpoint(resume)
+        if "train" not in self.ckpt or "sampler" not in self.ckpt:
+            raise ZooError(f"{resume!r} holds weights but no training state (optimizer, sampler); it "
+                           f"cannot be resumed. Start a new run, e.g. `zoo train {self.ckpt['spec']['name']}`.")
+        return resumed_config(self.ckpt["train"], given)
+
+    def _data_path(self, cfg: TrainConfig, given_data: bool) -> Path:
+        """Where the data is; on resume, the data the run trained on (checked by its sha256), wherever
+        it is now (``--data`` relocates it)."""
+        try:
+            path = D.find_dataset(cfg.dataset, cfg.data)
+        except ZooError as e:
+            if self.ckpt and not given_data:
+                raise ZooError(f"{e} This run trained on {cfg.data or cfg.dataset!r}; if the data has moved, "
+                               f"pass --data NEW_PATH (it is checked to be the same data).") from None
+            raise
+        self.data_sha = D.fingerprint(path)
+        saved = (self.ckpt or {}).get("data") or {}
+        if saved.get("sha256") and saved["sha256"] != self.data_sha:
+            raise ZooError(f"the data at {str(path)!r} is not the data this run trained on (its sha256 differs from "
+                           f"the one recorded at {saved.get('path')!r}); resume with the same data, or start a new "
+                           f"run on this one.")
+        return path
+
+    def _setup(self, name, cfg: TrainConfig, resume):
+        import torch
+        given_data = cfg.data is not None
         if resume:
-            self.ckpt = load_checkpoint(resume)
-            if "train" not in self.ckpt or "sampler" not in self.ckpt:
-                raise ZooError(f"{resume!r} holds weights but no training state (optimizer, sampler); it "
-                               f"cannot be resumed. Start a new run, e.g. `zoo train {self.ckpt['spec']['name']}`.")
-            saved = TrainConfig(**{k: v for k, v in self.ckpt["train"].items()
-                                   if k in config_fields()})
-            if cfg.max_iters is not None:
-                saved.max_iters = cfg.max_iters  # extending a run is allowed; everything else is as saved
-            saved.device, saved.compile = cfg.device, cfg.compile
-            cfg = saved
+            cfg = self._resume(resume, cfg)
             name = self.ckpt["spec"]["name"]
-            self.run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        elif cfg.data:
+            cfg.data = str(Path(cfg.data).expanduser().resolve())  # a resume from elsewhere finds it
         self.cfg, self.name = cfg, name
         preset = cfg.preset
         if preset is None:
@@ -138,7 +204,12 @@ class Trainer:
             resolve_spec(reg, name, preset, cfg.overrides)  # an unknown model or override fails before the data is read
 
         # data and tokenizer before anything is written
+        self.data_path = self._data_path(cfg, given_data)
         self.tok, train_arrays, val_arrays, what = load_data(cfg, self.ckpt["tokenizer"] if self.ckpt else None)
+        self.sample_prompt = usable_prompt(self.tok, cfg.sample_prompt)
+        if self.sample_prompt != cfg.sample_prompt and cfg.sample_tokens:
+            self.log(f"note: the sample prompt {cfg.sample_prompt!r} is not in the tokenizer's vocabulary; text "
+                     f"samples start from {self.sample_prompt!r}")
         if self.ckpt:
             spec = self.ckpt["spec"]
         else:
@@ -165,8 +236,13 @@ class Trainer:
                 parent = out / name
                 run_id = cfg.run_id or new_run_id(parent)
                 if cfg.run_id and (parent / run_id).exists():
-                    raise ZooError(f"run directory {str(parent / run_id)!r} already exists; choose another "
-                                   f"--run-id, or continue it with --resume {parent / run_id}.")
+                    if not never_checkpointed(parent / run_id):
+                        raise ZooError(f"run directory {str(parent / run_id)!r} already exists; choose another "
+                                       f"--run-id, or continue it with --resume {parent / run_id}.")
+                    old = RunLock(parent / run_id).acquire()  # refuses while a process still trains there
+                    shutil.rmtree(parent / run_id)  # the trainer's own files of a start that never checkpointed
+                    old.release()
+                    self.log(f"replacing {str(parent / run_id)!r}, a start of this run that never reached a checkpoint")
             else:
                 run_id = None
             run_id = self.dist.broadcast(run_id)
@@ -262,11 +338,29 @@ class Trainer:
                 "sampler": self.sampler.state(), "rng": {"torch": [s[0] for s in states], "cuda": [s[1] for s in states]},
                 "best_val": self.best_val, "evals_since_best": self.evals_since_best, "elapsed": self.elapsed,
                 "world_size": self.dist.world, "zoo_version": __version__,
+                "data": {"path": str(self.data_path), "sha256": self.data_sha},
                 "torch_version": str(torch.__version__),
             }
-            save_checkpoint(self.run_dir / CKPT_NAME, payload)
+            try:
+                save_checkpoint(self.run_dir / CKPT_NAME, payload)
+            except OSError as e:
+                raise ZooError(self._save_failed(e, payload)) from None
         self.dist.barrier()
         self.last_ckpt_step = self.step
+
+    def _save_failed(self, e: OSError, payload) -> str:
+        """What to say when a checkpoint cannot be written (a full disk, most likely)."""
+        need = _tensor_bytes(payload)
+        try:
+            free = f"; {shutil.disk_usage(self.run_dir).free / 2**20:,.0f} MB are free there"
+        except OSError:
+            free = ""
+        kept = (f"The last checkpoint (step {self.last_ckpt_step}) is kept: free some space, then continue with "
+                f"`zoo train --resume {self.run_dir}`." if self.last_ckpt_step is not None else
+                f"No checkpoint was written yet: free some space, then start again with --run-id {self.run_dir.name} "
+                f"(the folder is replaced), or remove {str(self.run_dir)!r}.")
+        return (f"cannot write the checkpoint of step {self.step} to {str(self.run_dir)!r}: {e.strerror or e}. A "
+                f"checkpoint of this run takes about {need / 2**20:,.1f} MB (weights, optimizer state){free}. {kept}")
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self) -> float:
@@ -328,7 +422,10 @@ class Trainer:
         if d.main:
             new_dir = not self.run_dir.exists()
             try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if new_dir:
+                    create_run_dir(self.run_dir)
+                if self.lock is None:
+                    self.lock = RunLock(self.run_dir).acquire()
                 w = self._writer()
                 if not self.ckpt:
                     self._write_run_files(w)
@@ -354,12 +451,9 @@ class Trainer:
         self.model.train()
         t_start, t_last, tps_hist = time.time(), time.time(), []
         stop_reason = None
-        fault = int(os.environ.get("ZOO_TEST_SIGKILL_AT_STEP", "0") or 0)  # test hook: see tests/test_train.py
         try:
             while self.step < cfg.max_iters:
-                if fault and self.step == fault:
-                    import signal
-                    os.kill(os.getpid(), signal.SIGKILL)
+                fault_point("step")  # a test may kill the process here (zoo.io.faults)
                 lr = lr_at(self.step, cfg)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
@@ -423,6 +517,7 @@ class Trainer:
                         w.add_scalar("train/aux_loss", float(aux.detach()), self.step)
                 last = self.step == cfg.max_iters
                 if self.step % cfg.eval_interval == 0 or last:
+                    fault_point("eval")
                     v = self.evaluate()
                     val_history.append((self.step, v))
                     improved = v < self.best_val
@@ -434,8 +529,13 @@ class Trainer:
                         w.add_scalar("val/loss", v, self.step)
                         w.add_scalar("val/best_loss", self.best_val, self.step)
                     if cfg.sample_tokens > 0 and (d.main or cfg.fsdp):
-                        text = sample_text(self.model, self.tok, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)
-                        if w:
+                        try:
+                            text = sample_text(self.model, self.tok, self.sample_prompt, cfg.sample_tokens,
+                                               seed=cfg.seed)
+                        except ZooError as e:  # a text sample never stops training
+                            text = None
+                            progress.line(f"note: no text sample at step {self.step}: {e}")
+                        if w and text is not None:
                             w.add_text("sample", "```\n" + text + "\n```", self.step)
                     self.model.train()
                     if cfg.early_stop and self.evals_since_best >= cfg.early_stop:
@@ -451,6 +551,7 @@ class Trainer:
             if w:
                 w.flush()
                 w.close()
+            self.close()
         warm = tps_hist[min(len(tps_hist) - 1, 5):] if tps_hist else []
         result = {"model": self.name, "run_dir": str(self.run_dir), "params": self.n_params, "steps": self.step,
                   "best_val_loss": self.best_val, "final_val_loss": val_history[-1][1] if val_history else None,
