@@ -83,17 +83,19 @@ def cmd_show(args):
 
 
 def _component_params(spec):
-    """Parameters of the attention and ffn layers over all blocks (counted on the meta device)."""
-    import torch
-    from ..nn.transformer import build_from_spec
-    with torch.device("meta"):
-        model = build_from_spec(spec)
+    """Parameters of the attention and ffn layers over all blocks (one block built per distinct
+    layer, on the meta device)."""
+    from ..nn.transformer import block_groups
+    groups = block_groups(spec)
     out = {}
     for kind, attr in SLOT_ATTR.items():
-        counts = [sum(p.numel() for p in getattr(b, attr).parameters()) for b in model.blocks]
-        names = sorted({type(getattr(b, attr)).__name__ for b in model.blocks})
-        per = f"{counts[0]:,} per layer" if len(set(counts)) == 1 else "per layer " + ", ".join(f"{c:,}" for c in counts)
-        out[kind] = (sum(counts), f"{per} ({', '.join(names)})")
+        counts = [(sum(p.numel() for p in getattr(b, attr).parameters()), n, type(getattr(b, attr)).__name__)
+                  for _, n, b in groups]
+        if len({(c, name) for c, _, name in counts}) == 1:
+            per = f"{counts[0][0]:,} per layer ({counts[0][2]})"
+        else:  # layers that differ (per-layer overrides), in the order of their first layer
+            per = "per layer " + ", ".join(f"{c:,} x {n} ({name})" for c, n, name in counts)
+        out[kind] = (sum(c * n for c, n, _ in counts), per)
     return out
 
 

@@ -14,6 +14,8 @@ overrides) is resolved here too.
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 from jsonschema import Draft202012Validator
 
@@ -102,13 +104,48 @@ def layer_spec(spec: dict, layer: int) -> dict:
     return {**spec, **layer_components(spec, layer)}
 
 
+def first_selected(override: dict, n_layers: int):
+    """The first layer a ``layers`` override selects, or None when it selects none."""
+    start, end = override.get("from", 0), min(override.get("to", n_layers), n_layers)
+    return start if start < end else None
+
+
+def layer_groups(spec: dict) -> list[tuple[int, int]]:
+    """(first layer, number of layers) for each distinct composition of the layers (what
+    :func:`layer_components` gives), in the order of their first layers.
+
+    Layers differ only through the ``layers`` overrides, so this is worked out from the overrides'
+    ranges rather than layer by layer: between the points where an override starts or ends, which
+    overrides select a layer repeats with the period of their ``every`` steps. A spec of 100,000
+    layers costs about what one of 10 does."""
+    n, overrides = spec["n_layers"], spec.get("layers") or []
+    if not overrides:
+        return [(0, n)]
+    bounds = sorted({0, n} | {min(o.get("from", 0), n) for o in overrides} | {min(o.get("to", n), n) for o in overrides})
+    groups = {}  # the layer's components (as JSON) -> [first layer, count]
+    for a, b in zip(bounds, bounds[1:]):
+        if a >= b:
+            continue
+        steps = [o.get("every", 1) for o in overrides if o.get("from", 0) <= a and b <= o.get("to", n)]
+        period = math.lcm(*steps) if steps else 1
+        # one representative per residue modulo the period, each standing for every period-th layer
+        reps = [(i, len(range(i, b, period))) for i in range(a, min(b, a + period))]
+        for i, count in reps:
+            key = json.dumps(layer_components(spec, i), sort_keys=True, default=str)
+            if key in groups:
+                groups[key][1] += count
+            else:
+                groups[key] = [i, count]
+    return sorted((first, count) for first, count in groups.values())
+
+
 def _layer_problems(reg, spec: dict) -> list[str]:
     out = []
     n = spec["n_layers"]
     pe = reg.get("posenc", spec["posenc"]["name"])
     for i, override in enumerate(spec.get("layers", []) or []):
-        selected = [j for j in range(n) if layer_selects(override, j, n)]
-        if not selected:
+        first = first_selected(override, n)
+        if first is None:
             out.append(f"at layers[{i}]: from={override.get('from', 0)}, to={override.get('to', n)}, "
                        f"every={override.get('every', 1)} selects no layer of the {n} (0 to {n - 1}); fix the "
                        f"range or drop the override.")
@@ -125,7 +162,7 @@ def _layer_problems(reg, spec: dict) -> list[str]:
                                f"{pe.tags.get('kind')} encodings like {pe.name!r}; use one of {ok}.")
             check = getattr(comp.cls, "validate_spec", None)
             if check is not None:
-                for msg in check(dims_of(spec, selected[0]), override[kind]["params"]) or []:
+                for msg in check(dims_of(spec, first), override[kind]["params"]) or []:
                     out.append(f"at layers[{i}].{kind}.params: {msg}.")
     return out
 
