@@ -9,7 +9,12 @@ they were. Plugins are extra objects registered through ``load_registry(extra_pl
 few cases need a real process (a closed pipe, entry points) and run ``python -m zoo``.
 """
 import json
+import os
 import random
+import subprocess
+import sys
+import textwrap
+import types
 
 import pytest
 import torch
@@ -83,3 +88,129 @@ def test_show_with_100000_layers_builds_one_block(capsys, monkeypatch):
     assert len(built) <= 2  # one for the parameter count, one for the per-component figures
     one, two = (param_count(zoo.resolve("gpt2", "char", n_layers=k)) for k in (1, 2))
     assert json.loads(out)["params"] == one + 99_999 * (two - one)
+
+
+# ---- plugin isolation: SystemExit and KeyboardInterrupt ------------------------------------------
+
+def _ffn_plugin(name, hook=None):
+    """A plugin object registering ffn ``name`` (the GELU MLP's class), after running ``hook()``."""
+    from zoo.hookspecs import hookimpl
+    from zoo_plugins.ffn.mlp import MLP, PARAMS
+
+    @hookimpl
+    def register_ffn(register):
+        register(name, MLP, PARAMS, {"token_wise": True})
+        if hook:
+            hook()
+    return types.SimpleNamespace(register_ffn=register_ffn)
+
+
+def _raise(e):
+    def hook():
+        raise e
+    return hook
+
+
+@pytest.fixture
+def plugins(monkeypatch, fresh_registry):
+    """``plugins((obj, dist), ...)``: the registry of every following command also holds these."""
+    from zoo.spec import catalog
+    real = catalog.load_registry
+
+    def use(*extra):
+        monkeypatch.setattr(catalog, "load_registry", lambda extra_plugins=(), use_entry_points=True: real(
+            extra_plugins=[*extra_plugins, *extra], use_entry_points=use_entry_points))
+        zoo.configure([])
+    return use
+
+
+ESCAPES = [(SystemExit(0), "SystemExit: 0"), (SystemExit(3), "SystemExit: 3"), (SystemExit(None), "SystemExit"),
+           (KeyboardInterrupt(), "KeyboardInterrupt without a Ctrl-C")]
+
+
+@pytest.mark.parametrize("exc, needle", ESCAPES)
+def test_a_hook_that_exits_or_interrupts_is_its_plugins_failure(exc, needle, plugins, capsys):
+    plugins((_ffn_plugin("escaping-ffn", _raise(exc)), "zoo-escaping"), (_ffn_plugin("fine-ffn"), "zoo-fine"))
+    code, out, err = run(capsys, "plugins")
+    assert code == 0
+    warns = [ln for ln in err.splitlines() if ln.startswith("zoo: warning:")]
+    assert len(warns) == 1 and "'zoo-escaping'" in warns[0] and needle in warns[0], err
+    assert " fine-ffn " in out and "escaping-ffn" not in out.split("FAILED")[0]
+    code, out, err = run(capsys, "--strict", "plugins")
+    assert code == 2 and out == "" and "zoo-escaping" in err and needle in err
+
+
+def _ctrl_c():
+    import signal
+    import time
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # the signal arrives here
+    raise AssertionError("SIGINT was not delivered")
+
+
+def _ctrl_c_swallowed():
+    try:
+        _ctrl_c()
+    except KeyboardInterrupt:
+        raise RuntimeError("a plugin that turns Ctrl-C into an error") from None
+
+
+@pytest.mark.parametrize("hook", [_ctrl_c, _ctrl_c_swallowed])
+def test_a_real_ctrl_c_while_plugins_load_still_interrupts(hook, plugins, capsys):
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    plugins((_ffn_plugin("slow-ffn", hook), "zoo-slow"))
+    code, out, err = run(capsys, "plugins")
+    assert code == 130 and err.strip() == "zoo: interrupted" and out == ""
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+def _write_dist(root, dist, source, entry_points):
+    """A distribution as an installer leaves it: its module and NAME-VERSION.dist-info/."""
+    module = dist.replace("-", "_")
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[zoo]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    (info / "RECORD").write_text("")
+
+
+HOOK_EXIT = """
+import sys
+from zoo.hookspecs import hookimpl
+from zoo_plugins.ffn.mlp import MLP, PARAMS
+
+@hookimpl
+def register_ffn(register):
+    register("exiting-ffn", MLP, PARAMS, {})
+    sys.exit(0)
+"""
+ESCAPING_DISTS = {  # dist: (module source, what its warning says)
+    "zoo-import-exit0": ("import sys\nsys.exit(0)\n", "cannot import 'zoo_import_exit0': SystemExit: 0"),
+    "zoo-import-ctrl-c": ("raise KeyboardInterrupt\n", "cannot import 'zoo_import_ctrl_c': KeyboardInterrupt without"),
+    "zoo-hook-exit0": (HOOK_EXIT, "hook register_ffn in zoo-hook-exit0:ffn raised SystemExit: 0"),
+}
+
+
+def zoo_process(*args, site=None, env=None, **kw):
+    e = {k: v for k, v in os.environ.items() if k not in ("ZOO_PLUGINS", "ZOO_MANIFEST", "PYTHONPATH")}
+    if site is not None:
+        e["PYTHONPATH"] = str(site)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True, env=e, **kw)
+
+
+def test_entry_points_that_exit_or_interrupt_are_their_distributions_failures(tmp_path):
+    for dist, (source, _) in ESCAPING_DISTS.items():
+        _write_dist(tmp_path, dist, source, {"ffn": dist.replace("-", "_")})
+    p = zoo_process("plugins", site=tmp_path, cwd=tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert " mlp " in p.stdout  # the command did its work
+    warns = [ln for ln in p.stderr.splitlines() if ln.startswith("zoo: warning:")]
+    assert len(warns) == len(ESCAPING_DISTS), p.stderr
+    for dist, (_, needle) in ESCAPING_DISTS.items():
+        assert sum(f"'{dist}'" in w and needle in w for w in warns) == 1, (dist, p.stderr)
+    p = zoo_process("--strict", "plugins", site=tmp_path, cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
+    assert all(f"  {dist}: " in p.stderr for dist in ESCAPING_DISTS), p.stderr

@@ -10,6 +10,11 @@ Versioned API: a plugin module (or the package it lives in) may say which plugin
 for with a module-level ``ZOO_API = "1.0"``; none means "1.0", the first API. A plugin loads when
 its major version equals ``zoo.PLUGIN_API_VERSION``'s and its minor is not newer; otherwise it is
 refused like any other broken plugin (a warning naming the distribution, an error with --strict).
+
+Isolation covers ``SystemExit`` and ``KeyboardInterrupt`` too: while plugin code runs (an entry
+point's import, a hook), a SIGINT handler notes a real Ctrl-C from the user. A ``KeyboardInterrupt``
+or ``SystemExit`` that plugin code raises while no Ctrl-C was noted is that plugin's failure; after a
+real Ctrl-C, the ``KeyboardInterrupt`` goes on (the CLI ends with "zoo: interrupted", exit 130).
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import fnmatch
 import importlib.metadata as md
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -154,6 +161,58 @@ def _entry_points():
                                        ep.dist.name if ep.dist else "", ep.name))
 
 
+class UserInterrupts:
+    """A context in which a real Ctrl-C is noted: a SIGINT handler sets ``noted`` and then does
+    what the previous handler does (raise ``KeyboardInterrupt``). The previous handler is restored
+    on exit. Outside the main thread no signal can arrive, so nothing is installed and ``noted``
+    stays False; where SIGINT is ignored, it stays ignored."""
+
+    def __init__(self):
+        self.noted = False
+        self._prev = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGINT)
+            if prev not in (signal.SIG_IGN, None):  # None: a handler not installed from Python
+                signal.signal(signal.SIGINT, self._handler)
+                self._prev = prev
+        return self
+
+    def _handler(self, signum, frame):
+        self.noted = True
+        if callable(self._prev):
+            self._prev(signum, frame)  # signal.default_int_handler raises KeyboardInterrupt
+        else:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+            self._prev = None
+        return False
+
+    def plugin_failure(self, e: BaseException) -> bool:
+        """Whether ``e``, raised by plugin code, is that plugin's failure (else it must go on)."""
+        if isinstance(e, KeyboardInterrupt):
+            return not self.noted
+        return isinstance(e, (Exception, SystemExit))
+
+    def check(self):
+        """After plugin code returned or failed: a Ctrl-C it swallowed still ends the command."""
+        if self.noted:
+            raise KeyboardInterrupt
+
+
+def _describe(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if isinstance(e, KeyboardInterrupt):
+        text = "KeyboardInterrupt without a Ctrl-C from the user"
+    elif isinstance(e, SystemExit):
+        text += " (plugin code must not exit the zoo)"
+    return text
+
+
 def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Registry:
     """Discover plugins and collect what they register.
 
@@ -163,6 +222,11 @@ def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Regis
     None) a plugin registers, raising an error that becomes the plugin's problem; the manifest
     format belongs to the spec layer, which passes it (:func:`zoo.spec.catalog.load_registry`).
     """
+    with UserInterrupts() as interrupts:
+        return _discover(extra_plugins, use_entry_points, check_model, interrupts)
+
+
+def _discover(extra_plugins, use_entry_points, check_model, interrupts) -> Registry:
     reg = Registry()
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
@@ -178,9 +242,13 @@ def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Regis
                 continue
             try:
                 obj = ep.load()
-            except (Exception, SystemExit) as e:  # a broken plugin must not take the zoo down
-                reg.problems.append((dist, f"cannot import {ep.value!r}: {type(e).__name__}: {e}"))
+            except BaseException as e:  # a broken plugin must not take the zoo down
+                if not interrupts.plugin_failure(e):
+                    raise
+                interrupts.check()
+                reg.problems.append((dist, f"cannot import {ep.value!r}: {_describe(e)}"))
                 continue
+            interrupts.check()
             sources.append((obj, f"{dist}:{ep.name}", dist, version))
         if allow is not None:
             found = {_norm(ep.dist.name) for ep in md.entry_points(group=GROUP) if ep.dist}
@@ -192,27 +260,33 @@ def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Regis
         sources.append((obj, f"{dist}:extra{i}", dist, "0"))
 
     for obj, pname, dist, version in sources:
-        api = declared_api(obj)
-        why = api_problem(api, f"plugin {pname}", dist)
+        try:  # attribute look-ups may run plugin code (a module's __getattr__)
+            api = declared_api(obj)
+            why = api_problem(api, f"plugin {pname}", dist)
+            if not why:
+                pm.register(obj, name=pname)
+        except BaseException as e:
+            if not interrupts.plugin_failure(e):
+                raise
+            interrupts.check()
+            reg.problems.append((dist, f"invalid hook implementation in {pname}: {_describe(e)}"))
+            continue
         if why:
             reg.problems.append((dist, why))
             continue
         reg.api_versions.setdefault(dist, api)
-        try:
-            pm.register(obj, name=pname)
-        except Exception as e:
-            reg.problems.append((dist, f"invalid hook implementation in {pname}: {e}"))
-            continue
         plugin_dist[pname] = (dist, version)
         reg.dists.setdefault(dist, version)
 
     for kind in KINDS:
-        _collect(reg, pm, f"register_{kind}", plugin_dist, lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
-    _collect(reg, pm, "register_models", plugin_dist, lambda *a, **kw: _add_model(reg, *a, check=check_model, **kw))
+        _collect(reg, pm, f"register_{kind}", plugin_dist, interrupts,
+                 lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
+    _collect(reg, pm, "register_models", plugin_dist, interrupts,
+             lambda *a, **kw: _add_model(reg, *a, check=check_model, **kw))
     return reg
 
 
-def _collect(reg, pm, hookname, plugin_dist, add):
+def _collect(reg, pm, hookname, plugin_dist, interrupts, add):
     hook = getattr(pm.hook, hookname)
     # get_hookimpls() is in registration order (pluggy calls them in reverse); built-ins come first
     for impl in hook.get_hookimpls():
@@ -224,9 +298,13 @@ def _collect(reg, pm, hookname, plugin_dist, add):
 
         try:
             impl.function(register=register)
-        except Exception as e:
-            reg.problems.append((dist, f"hook {hookname} in {impl.plugin_name} raised {type(e).__name__}: {e}"))
+        except BaseException as e:
+            if not interrupts.plugin_failure(e):
+                raise
+            interrupts.check()
+            reg.problems.append((dist, f"hook {hookname} in {impl.plugin_name} raised {_describe(e)}"))
             continue
+        interrupts.check()
         for args, kwargs in staged:
             try:
                 add(*args, dist=dist, version=version, **kwargs)
