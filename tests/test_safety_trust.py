@@ -214,3 +214,26 @@ def test_entry_points_that_exit_or_interrupt_are_their_distributions_failures(tm
     p = zoo_process("--strict", "plugins", site=tmp_path, cwd=tmp_path)
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr
     assert all(f"  {dist}: " in p.stderr for dist in ESCAPING_DISTS), p.stderr
+
+
+# ---- a closed stdout ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["plugins"], ["list", "--json"], ["--help"]])
+def test_a_reader_that_goes_away_ends_the_command_silently_with_0(args):
+    # as in `zoo plugins | head -1`, with the reader gone before anything is written
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_PLUGINS", "ZOO_MANIFEST")}
+    p = subprocess.Popen([sys.executable, "-m", "zoo", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
+    from zoo.cli import models
+
+    def broken(args):
+        raise BrokenPipeError("a pipe to some other process")
+    monkeypatch.setattr(models, "cmd_plugins", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["plugins"])
