@@ -237,3 +237,87 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
     monkeypatch.setattr(models, "cmd_plugins", broken)
     with pytest.raises(BrokenPipeError):
         main(["plugins"])
+
+
+# ---- names and run ids stay inside the runs directory ---------------------------------------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "runs-aaa45bd")
+TRAIN = ["--preset", "tiny", "--max-iters", "1", "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"]
+
+
+def snapshot(root):
+    """{relative path: content} of every file under root (directories as None)."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs:
+            out[os.path.relpath(os.path.join(d, n), root)] = None
+        for n in files:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+    return out
+
+
+NAME_CASES = [  # argv ({t}: a scratch folder, {f}: the fixture runs), exit code, fragment of the message
+    (["train", "gpt2", "--run-id", "../../escaped", "--out", "{t}/runs", "--data", "{t}/corpus.txt", *TRAIN], 2,
+     "run id (--run-id) '../../escaped' contains a path separator"),
+    (["train", "gpt2", "--run-id", "..", "--out", "{t}/runs", "--data", "{t}/corpus.txt", *TRAIN], 2,
+     "run id (--run-id) '..' contains '..'"),
+    (["train", "gpt2", "--run-id", "{t}/abs", "--out", "{t}/runs", "--data", "{t}/corpus.txt", *TRAIN], 2,
+     "is an absolute path"),
+    (["train", "gpt2", "--run-id", "", "--out", "{t}/runs", "--data", "{t}/corpus.txt", *TRAIN], 2,
+     "run id (--run-id) '' is empty"),
+    (["--manifest", "{t}/evil.json", "train", "../evil", "--out", "{t}/runs", "--data", "{t}/corpus.txt", *TRAIN], 2,
+     "at models: '../evil' is not allowed: a model or preset name"),
+    (["show", "gpt2", "--set", "name=../../x"], 2, "at name: '../../x' is not allowed"),
+    (["import", "hf", "{t}/no-such-source", "--out", "{t}/imported", "--name", "../hf"], 2,
+     "model name (--name) '../hf' contains a path separator"),
+    (["import", "hf", "{t}/no-such-source", "--out", "{t}/imported", "--name", ""], 2, "model name (--name) '' is empty"),
+    (["finetune", "{f}/gpt2/plain", "--name", "..", "--out", "{t}/runs", "--data", "{t}/corpus.txt"], 2,
+     "model name (--name) '..' contains '..'"),
+    (["finetune", "{f}/gpt2/plain", "--run-id", "../up", "--out", "{t}/runs", "--data", "{t}/corpus.txt",
+      "--max-iters", "1", "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"], 2,
+     "run id (--run-id) '../up' contains a path separator"),
+]
+
+
+@pytest.mark.parametrize("argv, code, needle", NAME_CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(NAME_CASES)])
+def test_names_that_would_leave_the_runs_directory_are_refused(argv, code, needle, tmp_path, capsys, fresh_registry):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 40)
+    (work / "evil.json").write_text(json.dumps({"models": {"../evil": {"extends": "gpt2"}}}))
+    before, fixtures = snapshot(tmp_path), snapshot(FIXTURES)
+    got, out, err = run(capsys, *[a.replace("{t}", str(work)).replace("{f}", FIXTURES) for a in argv])
+    assert got == code and needle in err, err
+    assert err.startswith("zoo: error: ") and err.count("\n") == 1  # one paragraph
+    assert snapshot(tmp_path) == before and snapshot(FIXTURES) == fixtures  # nothing written anywhere
+
+
+def test_a_package_cannot_register_a_model_name_that_is_a_path():
+    from zoo.hookspecs import hookimpl
+    from zoo.spec.catalog import load_registry
+
+    @hookimpl
+    def register_models(register):
+        register("../evil", {"extends": "gpt2"})
+        register("fine-model", {"extends": "gpt2"})
+    reg = load_registry(extra_plugins=[(types.SimpleNamespace(register_models=register_models), "zoo-paths")])
+    assert "fine-model" in reg.models and "../evil" not in reg.models
+    (problem,) = [p for p in reg.problems if p[0] == "zoo-paths"]
+    assert "'../evil' is not allowed" in problem[1]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2-rope-gqa", "hf-llama", "a.b", "x_1", "..", ".", "", "a..b", "a/b",
+                                  "/abs", "a\\b", "C:\\x", "tab\there", "nl\n", "nul\0", ".hidden", "-dash", "ünï"])
+def test_the_schemas_name_pattern_states_the_same_rule_as_check_name(name):
+    from jsonschema import Draft202012Validator
+    from zoo.io.rundir import name_problem
+    from zoo.spec.manifest import manifest_schema
+    ok = Draft202012Validator(manifest_schema()["$defs"]["name"]).is_valid(name)
+    assert ok == (name_problem(name) is None), name_problem(name)
+
+
+def test_every_built_in_name_passes():
+    from zoo.io.rundir import name_problem
+    reg = zoo.get_registry()
+    assert not [n for n in [*reg.models, *reg.presets] if name_problem(n)]

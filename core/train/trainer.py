@@ -30,7 +30,7 @@ from ..errors import ZooError
 from ..generate.text import generate_text
 from ..io.atomic import write_json
 from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
-from ..io.rundir import check_writable, new_run_id
+from ..io.rundir import check_name, check_writable, new_run_id
 from ..nn.device import default_dtype, parse_dtype
 from ..nn.transformer import build_from_spec
 from ..perf.flops import model_flops_per_token
@@ -126,6 +126,10 @@ class Trainer:
             cfg = saved
             name = self.ckpt["spec"]["name"]
             self.run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        if not self.ckpt:  # both become directories: OUT/<name>/<run-id>
+            check_name(name, "model name")
+            if cfg.run_id is not None:
+                check_name(cfg.run_id, "run id (--run-id)")
         self.cfg, self.name = cfg, name
         preset = cfg.preset
         if preset is None:
@@ -163,8 +167,8 @@ class Trainer:
             if self.dist.main:
                 check_writable(out)
                 parent = out / name
-                run_id = cfg.run_id or new_run_id(parent)
-                if cfg.run_id and (parent / run_id).exists():
+                run_id = cfg.run_id if cfg.run_id is not None else new_run_id(parent)
+                if cfg.run_id is not None and (parent / run_id).exists():
                     raise ZooError(f"run directory {str(parent / run_id)!r} already exists; choose another "
                                    f"--run-id, or continue it with --resume {parent / run_id}.")
             else:
