@@ -113,13 +113,18 @@ def _raise(e):
 
 @pytest.fixture
 def plugins(monkeypatch, fresh_registry):
-    """``plugins((obj, dist), ...)``: the registry of every following command also holds these."""
+    """``plugins((obj, dist), ..., edit=None)``: the registry of every following command (and of
+    ``zoo.get_registry()``) also holds these plugins, and is then changed by ``edit(reg)``."""
     from zoo.spec import catalog
     real = catalog.load_registry
 
-    def use(*extra):
-        monkeypatch.setattr(catalog, "load_registry", lambda extra_plugins=(), use_entry_points=True: real(
-            extra_plugins=[*extra_plugins, *extra], use_entry_points=use_entry_points))
+    def use(*extra, edit=None):
+        def load(extra_plugins=(), use_entry_points=True):
+            reg = real(extra_plugins=[*extra_plugins, *extra], use_entry_points=use_entry_points)
+            if edit:
+                edit(reg)
+            return reg
+        monkeypatch.setattr(catalog, "load_registry", load)
         zoo.configure([])
     return use
 
@@ -321,3 +326,135 @@ def test_every_built_in_name_passes():
     from zoo.io.rundir import name_problem
     reg = zoo.get_registry()
     assert not [n for n in [*reg.models, *reg.presets] if name_problem(n)]
+
+
+# ---- checkpoints record the provider of each component ----------------------------------------------
+
+def _relu2_checkpoint(path, layers=False):
+    """A tiny checkpoint whose model uses ffn 'relu2' (model-wide, or in a per-layer override)."""
+    from zoo.io.checkpoint import save_checkpoint
+    if layers:
+        spec = zoo.resolve("gpt2", "tiny", layers=[{"from": 1, "ffn": {"name": "relu2"}}])
+    else:
+        spec = zoo.resolve("gpt2", "tiny", **{"ffn.name": "relu2"})
+    model = build_from_spec(spec)
+    tok = {"type": "char", "chars": "\n" + "".join(chr(i) for i in range(32, 32 + 64))}
+    save_checkpoint(path, {"model": model.state_dict(), "spec": spec, "tokenizer": tok, "step": 0})
+    return path
+
+
+def _versioned(dist, version):
+    """An edit of the registry: the components of ``dist`` report ``version``."""
+    import dataclasses
+
+    def edit(reg):
+        for comps in reg.components.values():
+            for name, c in list(comps.items()):
+                if c.dist == dist:
+                    comps[name] = dataclasses.replace(c, version=version)
+    return edit
+
+
+def _move(kind, name, dist=None, version=None):
+    """An edit of the registry: component (kind, name) comes from ``dist`` and/or ``version``."""
+    import dataclasses
+
+    def edit(reg):
+        c = reg.components[kind][name]
+        reg.components[kind][name] = dataclasses.replace(c, dist=dist or c.dist, version=version or c.version)
+    return edit
+
+
+@pytest.mark.parametrize("layers", [False, True], ids=["model-wide", "per-layer"])
+def test_a_component_of_the_same_name_from_another_distribution_is_refused(layers, plugins, tmp_path, capsys):
+    plugins((_ffn_plugin("relu2"), "zoo-relu2"))
+    ckpt = _relu2_checkpoint(tmp_path / "run" / "ckpt.pt", layers=layers)
+    saved = torch.load(ckpt, weights_only=True)
+    assert {"kind": "ffn", "name": "relu2", "dist": "zoo-relu2", "version": "0"} in saved["providers"]
+    assert {(p["kind"], p["name"]) for p in saved["providers"]} == {("attention", "mha"), ("posenc", "learned"),
+                                                                     ("ffn", "relu2")} | ({("ffn", "mlp")} if layers else set())
+    assert saved["plugins"] == {"zoo": zoo.__version__, "zoo-relu2": "0"}
+    before = snapshot(tmp_path)
+    code, _, _ = run(capsys, "generate", ckpt, "--prompt", "\n", "--max-new-tokens", "2")
+    assert code == 0
+    plugins((_ffn_plugin("relu2"), "evil-relu2"))  # another package took the name
+    for argv in (["generate", ckpt, "--prompt", "\n", "--max-new-tokens", "2"], ["train", "--resume", ckpt.parent],
+                 ["finetune", ckpt.parent, "--out", tmp_path / "ft"], ["lora", "merge", ckpt.parent, "--out", tmp_path / "m"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "", err
+        assert "trained with ffn 'relu2' from zoo-relu2 0" in err and "comes from evil-relu2 0" in err, err
+    with pytest.raises(zoo.ZooError, match="another package's code under the same name"):
+        zoo.load(ckpt)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_new_version_of_the_same_distribution_is_a_warning(plugins, tmp_path, capsys):
+    plugins((_ffn_plugin("relu2"), "zoo-relu2"), edit=_versioned("zoo-relu2", "0.1.0"))
+    ckpt = _relu2_checkpoint(tmp_path / "ckpt.pt")
+    plugins((_ffn_plugin("relu2"), "zoo-relu2"), edit=_versioned("zoo-relu2", "0.2.0"))
+    code, out, err = run(capsys, "generate", ckpt, "--prompt", "\n", "--max-new-tokens", "2", "--seed", "0")
+    assert code == 0 and out
+    warns = [ln for ln in err.splitlines() if ln.startswith("zoo: warning:")]
+    assert len(warns) == 1, err
+    assert "written with zoo-relu2 0.1.0, and ffn 'relu2' now comes from zoo-relu2 0.2.0" in warns[0]
+    with pytest.warns(zoo.errors.ZooWarning, match="install zoo-relu2==0.1.0"):
+        zoo.load(ckpt)
+
+
+def test_a_trained_run_records_providers_and_resume_checks_them(plugins, tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 40)
+    plugins((_ffn_plugin("relu2"), "zoo-relu2"))
+    code, _, err = run(capsys, "train", "gpt2", "--set", "ffn.name=relu2", "--out", tmp_path / "runs", "--run-id", "r",
+                       "--data", tmp_path / "corpus.txt", *TRAIN)
+    assert code == 0, err
+    run_dir = tmp_path / "runs" / "gpt2" / "r"
+    saved = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    assert {"kind": "ffn", "name": "relu2", "dist": "zoo-relu2", "version": "0"} in saved["providers"]
+    plugins((_ffn_plugin("relu2"), "evil-relu2"))
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--max-iters", "2")
+    assert code == 2 and "from zoo-relu2 0" in err and "evil-relu2" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("edit, code, needle", [
+    (_versioned("zoo", "0.1.0"), 0, None),
+    (_move("attention", "mha", dist="evil-attention", version="0.1.0"), 2,
+     "written with the plugin distributions zoo 0.1.0, but attention 'mha' now comes from evil-attention"),
+    (_versioned("zoo", "0.2.0"), 0,
+     "written with zoo 0.1.0, and attention 'mha', posenc 'learned', ffn 'mlp' now come from zoo 0.2.0"),
+], ids=["as-written", "other-distribution", "other-version"])
+def test_older_checkpoints_without_providers_are_compared_by_distribution(edit, code, needle, plugins, capsys):
+    # runs of aaa45bd hold plugins {"zoo": "0.1.0"} and no providers
+    plugins(edit=edit)
+    ckpt = os.path.join(FIXTURES, "gpt2", "plain")
+    before = snapshot(FIXTURES)
+    got, out, err = run(capsys, "generate", ckpt, "--prompt", "\n", "--max-new-tokens", "2")
+    assert got == code, err
+    if needle:
+        assert needle in err
+    else:
+        assert err == ""
+    assert snapshot(FIXTURES) == before
+
+
+def test_lora_merge_and_hf_import_record_providers(tmp_path, capsys, fresh_registry):
+    plain = os.path.join(FIXTURES, "gpt2", "plain")
+    for argv, out in ((["lora", "merge", os.path.join(FIXTURES, "gpt2-lora", "lora"), "--out"], "merged"),
+                      (["export", "hf", plain], "hf"),
+                      (["import", "hf", tmp_path / "hf", "--tokenizer", os.path.join(plain, "tokenizer.json"), "--out"],
+                       "imported")):
+        code, _, err = run(capsys, *argv, tmp_path / out)
+        assert code == 0, err
+    for out in ("merged", "imported"):
+        saved = torch.load(tmp_path / out / "ckpt.pt", weights_only=True)
+        assert saved["providers"] == [{"kind": k, "name": n, "dist": "zoo", "version": zoo.__version__}
+                                      for k, n in (("attention", "mha"), ("posenc", "learned"), ("ffn", "mlp"))]
+
+
+def test_a_malformed_providers_entry_is_refused(tmp_path, fresh_registry):
+    from zoo.io.checkpoint import load_checkpoint, save_checkpoint
+    spec = zoo.resolve("gpt2", "tiny")
+    save_checkpoint(tmp_path / "ckpt.pt", {"model": {}, "spec": spec, "providers": [{"kind": "ffn"}]})
+    with pytest.raises(zoo.ZooError, match="malformed 'providers'"):
+        load_checkpoint(tmp_path / "ckpt.pt")
