@@ -458,3 +458,83 @@ def test_a_malformed_providers_entry_is_refused(tmp_path, fresh_registry):
     save_checkpoint(tmp_path / "ckpt.pt", {"model": {}, "spec": spec, "providers": [{"kind": "ffn"}]})
     with pytest.raises(zoo.ZooError, match="malformed 'providers'"):
         load_checkpoint(tmp_path / "ckpt.pt")
+
+
+# ---- a checkpoint's spec is validated on load ----------------------------------------------------------
+
+def _crafted(change):
+    def edit(ck):
+        change(ck)
+        return ck
+    return edit
+
+
+def _set(path, value):
+    def change(ck):
+        node = ck
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = value
+    return _crafted(change)
+
+
+def _drop(*path):
+    def change(ck):
+        node = ck
+        for p in path[:-1]:
+            node = node[p]
+        del node[path[-1]]
+    return _crafted(change)
+
+
+CRAFTED = [  # (id, edit of the fixture checkpoint gpt2/plain, fragment of the message)
+    ("no-norm", _drop("spec", "norm"), "at (top level): 'norm' is a required property"),
+    ("ffn-a-string", _set(("spec", "ffn"), "mlp"), "at ffn: 'mlp' is not of type 'object'"),
+    ("spec-a-list", _set(("spec",), [1, 2]), "is not of type 'object'"),
+    ("unknown-key", _set(("spec", "evil"), True), "Additional properties are not allowed ('evil' was unexpected)"),
+    ("zero-width", _set(("spec", "d_model"), 0), "at d_model: 0 is less than the minimum of 1"),
+    ("name-a-path", _set(("spec", "name"), "../../x"), "at name: '../../x' is not allowed"),
+    ("bad-params", _set(("spec", "ffn", "params", "hidden_mult"), "wide"), "at ffn.params.hidden_mult: 'wide' is not of type 'number'"),
+    ("bad-override", _set(("spec", "layers"), [{"every": 0, "ffn": {"name": "mlp"}}]), "at layers.[0].every"),
+    ("cross-field", _set(("spec", "n_heads"), 3), "d_model=64 is not divisible by n_heads=3"),
+    ("a-billion-layers", _set(("spec", "n_layers"), 10**9), "n_layers=1000000000 but the weights hold 2 layer(s)"),
+    ("other-vocab", _set(("spec", "vocab_size"), 100), "wte.weight is (65, 64)"),
+    ("weights-a-list", _set(("model",), [1, 2]), "its 'model' entry is not a state dict"),
+]
+
+
+@pytest.mark.parametrize("edit, needle", [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED])
+def test_a_crafted_or_outdated_spec_is_refused_on_load(edit, needle, tmp_path, capsys, fresh_registry):
+    ck = edit(torch.load(os.path.join(FIXTURES, "gpt2", "plain", "ckpt.pt"), weights_only=True))
+    torch.save(ck, tmp_path / "ckpt.pt")
+    before = snapshot(tmp_path)
+    for argv in (["generate", tmp_path / "ckpt.pt", "--prompt", "\n", "--max-new-tokens", "2"],
+                 ["train", "--resume", tmp_path]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "" and needle in err, err
+        assert err.startswith("zoo: error: ") and "ckpt.pt" in err and err.count("\n") == 1
+    assert snapshot(tmp_path) == before
+
+
+def test_a_renamed_plugin_parameter_is_an_error_naming_it(plugins, tmp_path, capsys):
+    from zoo.hookspecs import hookimpl
+    from zoo_plugins.ffn.mlp import MLP, PARAMS
+    plugins((_ffn_plugin("relu2"), "zoo-relu2"))
+    ckpt = _relu2_checkpoint(tmp_path / "ckpt.pt")  # params {"hidden_mult": 4, "approximate": "none"}
+
+    class Renamed(MLP):  # version 2 calls hidden_mult "expansion"
+        def __init__(self, dims, expansion=4, approximate="none"):
+            super().__init__(dims, hidden_mult=expansion, approximate=approximate)
+
+    v2 = {**PARAMS, "properties": {"expansion": PARAMS["properties"]["hidden_mult"],
+                                   "approximate": PARAMS["properties"]["approximate"]}}
+
+    @hookimpl
+    def register_ffn(register):
+        register("relu2", Renamed, v2, {"token_wise": True})
+    plugins((types.SimpleNamespace(register_ffn=register_ffn), "zoo-relu2"), edit=_versioned("zoo-relu2", "2.0"))
+    code, out, err = run(capsys, "generate", ckpt, "--prompt", "\n", "--max-new-tokens", "2")
+    assert code == 2 and out == ""
+    assert "the spec of checkpoint" in err and "at ffn.params: Additional properties are not allowed ('hidden_mult'" in err
+    assert f"written with zoo=={zoo.__version__}, zoo-relu2==0" in err, err
+

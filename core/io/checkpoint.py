@@ -27,6 +27,7 @@ from ..nn.transformer import build_from_spec
 from ..plugin.contract import KINDS, LAYER_KINDS
 from ..plugin.registry import _norm
 from ..spec.catalog import get_registry
+from ..spec.resolve import check_spec_schema, validate_spec
 from ..tokenizers import from_config, load_config
 from .atomic import write_atomically
 
@@ -106,11 +107,43 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
         raise ZooError(f"{str(p)!r} is not a zoo checkpoint (no 'model' and 'spec' entries).")
     sd = ckpt["model"]
-    if isinstance(sd, dict) and any(k.startswith(COMPILED_PREFIX) for k in sd):  # saved from a compiled model
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise ZooError(f"{str(p)!r} is not a zoo checkpoint (its 'model' entry is not a state dict).")
+    if any(k.startswith(COMPILED_PREFIX) for k in sd):  # saved from a compiled model
         ckpt["model"] = {k.removeprefix(COMPILED_PREFIX): v for k, v in sd.items()}
+    # the spec is validated as a manifest entry is, before anything builds from it
+    where = f"the spec of checkpoint {str(p)!r}"
+    check_spec_schema(ckpt["spec"], where, "The checkpoint was not written by the zoo, or was altered.")
     check_plugins_available(ckpt, p)
     check_providers(ckpt, p)
+    ckpt["spec"] = validate_spec(get_registry(), ckpt["spec"], where, _changed_plugin_hint(ckpt))
+    check_weights_fit(ckpt["spec"], ckpt["model"], p)
     return ckpt
+
+
+def _changed_plugin_hint(ckpt) -> str:
+    plugins = ckpt.get("plugins") if isinstance(ckpt.get("plugins"), dict) else {}
+    written = ", ".join(f"{d}=={v}" for d, v in plugins.items())
+    return (f"It was written with {written}; a plugin whose parameters changed since then needs the version "
+            f"the checkpoint was trained with." if written else
+            "A plugin whose parameters changed since the checkpoint was written needs the version it was trained with.")
+
+
+def check_weights_fit(spec: dict, sd: dict, where):
+    """The weights have the layers and embedding the spec says, checked before a model of that spec
+    is built (a spec claiming a million layers would otherwise take minutes to build, then fail)."""
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    wte = sd.get("wte.weight")
+    problem = None
+    if len(layers) != spec["n_layers"] or (layers and (min(layers), max(layers)) != (0, len(layers) - 1)):
+        problem = (f"the spec has n_layers={spec['n_layers']} but the weights hold "
+                   f"{len(layers)} layer(s)" + (f" (indices {min(layers)} to {max(layers)})" if layers else ""))
+    elif not hasattr(wte, "shape") or tuple(wte.shape) != (spec["vocab_size"], spec["d_model"]):
+        problem = (f"the spec has vocab_size={spec['vocab_size']}, d_model={spec['d_model']} but the token embedding "
+                   f"wte.weight is {tuple(wte.shape) if hasattr(wte, 'shape') else 'missing'}")
+    if problem:
+        raise ZooError(f"checkpoint {str(where)!r}: its weights do not fit its spec: {problem}. The checkpoint "
+                       f"was not written by the zoo, or was altered.")
 
 
 def recorded_providers(ckpt: dict, where) -> dict:

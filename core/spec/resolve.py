@@ -52,15 +52,8 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
         if kind not in spec:
             raise ManifestError(f"model {name!r}: no {kind} is set. Add \"{kind}\": {{\"name\": ...}} to "
                                 f"the entry or to a model it extends.")
-    _schema_error(_validator("spec"), spec, f"model {name!r} (preset {preset!r})", "",
-                  "Fix the entry or the override.")
-    # pass 2: each component's params against its own schema
-    for kind in KINDS:
-        spec[kind] = _resolve_component(reg, name, kind, spec[kind], kind)
-    for i, override in enumerate(spec.get("layers", [])):  # per-layer overrides, the same way
-        for kind in LAYER_KINDS:
-            if kind in override:
-                override[kind] = _resolve_component(reg, name, kind, override[kind], f"layers[{i}].{kind}")
+    check_spec_schema(spec, f"model {name!r} (preset {preset!r})")
+    _resolve_components(reg, spec, f"model {name!r}")  # pass 2
     # pass 3: cross-field constraints
     problems = cross_field_problems(reg, spec)
     if problems:
@@ -68,16 +61,44 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
     return spec
 
 
-def _resolve_component(reg, model, kind, ref, where):
-    """Pass 2 for one component reference at JSON path ``where``: the name is registered and the
+def validate_spec(reg, spec, where: str, fix: str = "") -> dict:
+    """A stored spec (a checkpoint's) checked as :func:`resolve_spec` checks a fresh one: against
+    the spec schema, each component's params against its own schema (defaults filled in), then the
+    cross-field constraints. ``where`` names it in the error (e.g. "the spec of checkpoint 'x'"),
+    ``fix`` is appended. Returns a copy with the components' defaults filled in."""
+    check_spec_schema(spec, where, fix)
+    spec = copy.deepcopy(spec)
+    _resolve_components(reg, spec, where, fix)
+    problems = cross_field_problems(reg, spec)
+    if problems:
+        raise ManifestError(f"{where}: " + " ".join(problems) + (f" {fix}" if fix else ""))
+    return spec
+
+
+def check_spec_schema(spec, where: str, fix: str = ""):
+    """Pass 1 for a resolved spec: its shape, before anything reads it."""
+    _schema_error(_validator("spec"), spec, where, "", fix or "Fix the entry or the override.")
+
+
+def _resolve_components(reg, spec, where, fix=""):
+    """Pass 2: each component's params against its own schema, per-layer overrides too (in place)."""
+    for kind in KINDS:
+        spec[kind] = _resolve_component(reg, where, kind, spec[kind], kind, fix)
+    for i, override in enumerate(spec.get("layers", [])):
+        for kind in LAYER_KINDS:
+            if kind in override:
+                override[kind] = _resolve_component(reg, where, kind, override[kind], f"layers[{i}].{kind}", fix)
+
+
+def _resolve_component(reg, where, kind, ref, path, fix=""):
+    """Pass 2 for one component reference at JSON path ``path``: the name is registered and the
     params satisfy its schema; returns the reference with defaults filled in."""
     if ref["name"] not in reg.components[kind]:
-        raise ManifestError(f"model {model!r}: at {where}.name: "
-                            + unknown_name_message(kind, ref["name"], reg.components[kind]))
+        raise ManifestError(f"{where}: at {path}.name: " + unknown_name_message(kind, ref["name"], reg.components[kind]))
     comp = reg.get(kind, ref["name"])
     params = ref.get("params", {})
-    _schema_error(Draft202012Validator(comp.params_schema), params, f"model {model!r}", f"{where}.params",
-                  f"Fix the params of {kind} {comp.name!r} (see `zoo plugins --json` for its schema).")
+    _schema_error(Draft202012Validator(comp.params_schema), params, where, f"{path}.params",
+                  fix or f"Fix the params of {kind} {comp.name!r} (see `zoo plugins --json` for its schema).")
     return {"name": comp.name, "params": fill_defaults(comp.params_schema, params)}
 
 
