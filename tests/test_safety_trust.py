@@ -538,3 +538,43 @@ def test_a_renamed_plugin_parameter_is_an_error_naming_it(plugins, tmp_path, cap
     assert "the spec of checkpoint" in err and "at ffn.params: Additional properties are not allowed ('hidden_mult'" in err
     assert f"written with zoo=={zoo.__version__}, zoo-relu2==0" in err, err
 
+
+# ---- a component left out by ZOO_PLUGINS says so ------------------------------------------------------
+
+@pytest.fixture
+def relu2_installed(monkeypatch, fresh_registry):
+    """zoo-relu2 installed: an entry point ``ffn-relu2`` of the distribution zoo-relu2 1.0 (and
+    zoo-misc 1.0, whose entry point names nothing in particular)."""
+    from zoo.plugin import registry
+    real = registry._entry_points
+
+    def ep(dist, name, obj):
+        return types.SimpleNamespace(name=name, value=f"{dist.replace('-', '_')}:plugin", load=lambda: obj,
+                                     dist=types.SimpleNamespace(name=dist, version="1.0"))
+    monkeypatch.setattr(registry, "_entry_points", lambda: [*real(), ep("zoo-relu2", "ffn-relu2", _ffn_plugin("relu2")),
+                                                            ep("zoo-misc", "extras", _ffn_plugin("misc-ffn"))])
+    zoo.configure([])
+
+
+@pytest.mark.parametrize("allow, argv, needle", [
+    ("", ["show", "gpt2", "--set", "ffn.name=relu2"],
+     "zoo-relu2 is installed but left out by ZOO_PLUGINS=''; add it (ZOO_PLUGINS=zoo-relu2) or unset ZOO_PLUGINS."),
+    ("zoo-misc", ["show", "gpt2", "--set", "ffn.name=relu2"],
+     "left out by ZOO_PLUGINS='zoo-misc'; add it (ZOO_PLUGINS=zoo-misc,zoo-relu2)"),
+    ("zoo-relu2", ["show", "gpt2", "--set", "ffn.name=misc2"],
+     "ZOO_PLUGINS='zoo-relu2' leaves out the installed distribution(s) zoo-misc; if one of them provides it"),
+    ("", ["generate", "{ckpt}", "--prompt", "\n"],
+     "uses ffn 'relu2' (from zoo-relu2 1.0), which no loaded plugin provides. zoo-relu2 is installed but left out"),
+], ids=["manifest", "manifest-with-others", "unknown-provider", "checkpoint"])
+def test_a_component_left_out_by_zoo_plugins_names_the_allowlist(allow, argv, needle, relu2_installed, monkeypatch,
+                                                                  tmp_path, capsys):
+    ckpt = _relu2_checkpoint(tmp_path / "ckpt.pt")  # with everything installed loaded
+    assert {"kind": "ffn", "name": "relu2", "dist": "zoo-relu2", "version": "1.0"} in torch.load(ckpt)["providers"]
+    monkeypatch.setenv("ZOO_PLUGINS", allow)
+    code, out, err = run(capsys, *[a.replace("{ckpt}", str(ckpt)) for a in argv])
+    assert code == 2 and needle in err, err
+    assert "no installed plugin provides" not in err and "Install the plugin that provides it" not in err
+    monkeypatch.delenv("ZOO_PLUGINS")
+    code, out, err = run(capsys, *[a.replace("{ckpt}", str(ckpt)) for a in argv])
+    assert "ZOO_PLUGINS" not in err
+

@@ -215,8 +215,12 @@ def check_plugins_available(ckpt: dict, where):
             needed.setdefault(_norm(str(d)), f"{d}=={v}")
         dists = ", ".join(needed.values())
         failed = "".join(f" {d} is installed but did not load: {r}." for d, r in reg.problems if _norm(d) in needed)
+        excluded, likely = reg.excluded_hint(dists=needed)
+        if likely:  # installed, but ZOO_PLUGINS left it out
+            raise ZooError(f"checkpoint {str(where)!r} uses {', '.join(missing)}, which no loaded plugin provides."
+                           f"{excluded}")
         raise ZooError(f"checkpoint {str(where)!r} uses {', '.join(missing)}, which no installed plugin provides."
-                       f"{failed} Install the plugin distributions it was trained with ({dists or 'unknown'}) "
+                       f"{failed}{excluded} Install the plugin distributions it was trained with ({dists or 'unknown'}) "
                        f"and retry.")
 
 

@@ -76,6 +76,8 @@ class Registry:
     problems: list = field(default_factory=list)  # (dist, reason)
     dists: dict = field(default_factory=dict)  # dist name -> version, for every loaded distribution
     api_versions: dict = field(default_factory=dict)  # dist name -> the plugin API it declares
+    skipped: dict = field(default_factory=dict)  # dist name -> [entry point names]: left out by ZOO_PLUGINS
+    allowlist: str | None = None  # ZOO_PLUGINS as it was when the plugins loaded
     default_preset: str = "char"
 
     # ---- inspection -------------------------------------------------------------------------
@@ -83,7 +85,27 @@ class Registry:
         try:
             return self.components[kind][name]
         except KeyError:
-            raise ManifestError(unknown_name_message(kind, name, self.components.get(kind, {}))) from None
+            raise ManifestError(unknown_name_message(kind, name, self.components.get(kind, {}),
+                                                     self.excluded_hint(kind, name)[0])) from None
+
+    def excluded_hint(self, kind=None, name=None, dists=()) -> tuple[str, bool]:
+        """(a sentence, whether it names the likely provider) about the installed distributions that
+        ZOO_PLUGINS left out, for a component nobody provides: the one among ``dists`` (those a
+        checkpoint names) or with an entry point named ``KIND-NAME`` (the convention), else all of
+        them. ("", False) when ZOO_PLUGINS left nothing out."""
+        if not self.skipped:
+            return "", False
+        wanted = {_norm(d) for d in dists}
+        likely = sorted(d for d, eps in self.skipped.items()
+                        if _norm(d) in wanted or (kind and f"{kind}-{name}" in eps))
+        setting = f"ZOO_PLUGINS={self.allowlist!r}"
+        if likely:
+            more = ",".join([*(n.strip() for n in (self.allowlist or "").split(",") if n.strip()), *likely])
+            return (f" {', '.join(likely)} {'is' if len(likely) == 1 else 'are'} installed but left out by "
+                    f"{setting}; add {'it' if len(likely) == 1 else 'them'} (ZOO_PLUGINS={more}) or unset "
+                    f"ZOO_PLUGINS.", True)
+        return (f" {setting} leaves out the installed distribution(s) {', '.join(sorted(self.skipped))}; if one "
+                f"of them provides it, add it to ZOO_PLUGINS.", False)
 
     def list_components(self, kind: str | None = None):
         kinds = [kind] if kind else KINDS
@@ -104,17 +126,18 @@ class Registry:
                           PluginWarning, stacklevel=2)
 
 
-def unknown_name_message(kind, name, known) -> str:
+def unknown_name_message(kind, name, known, excluded: str = "") -> str:
+    """``excluded``: what :meth:`Registry.excluded_hint` says, if anything."""
     import difflib
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return (f"unknown {kind} {name!r}.{hint} Registered {kind} components: "
-            f"{', '.join(sorted(known)) or '(none)'}. Install the plugin that provides it, or "
-            f"check `zoo plugins`.")
+            f"{', '.join(sorted(known)) or '(none)'}." + (excluded or " Install the plugin that provides it, "
+                                                            "or check `zoo plugins`."))
 
 
-def _allowlist():
-    raw = os.environ.get("ZOO_PLUGINS")
+def _allowlist(raw=None):
+    raw = os.environ.get("ZOO_PLUGINS") if raw is None else raw
     if raw is None:
         return None
     return {_norm(n) for n in raw.split(",") if n.strip()}
@@ -231,7 +254,8 @@ def _discover(extra_plugins, use_entry_points, check_model, interrupts) -> Regis
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     plugin_dist = {}  # plugin name in pm -> (dist, version)
-    allow = _allowlist()
+    reg.allowlist = os.environ.get("ZOO_PLUGINS")
+    allow = _allowlist(reg.allowlist)
 
     sources = []
     if use_entry_points:
@@ -239,6 +263,7 @@ def _discover(extra_plugins, use_entry_points, check_model, interrupts) -> Regis
             dist = ep.dist.name if ep.dist else "<unknown>"
             version = ep.dist.version if ep.dist else "0"
             if allow is not None and _norm(dist) != BUILTIN_DIST and _norm(dist) not in allow:
+                reg.skipped.setdefault(dist, []).append(ep.name)  # remembered, to say so when it is missed
                 continue
             try:
                 obj = ep.load()

@@ -94,7 +94,8 @@ def _resolve_component(reg, where, kind, ref, path, fix=""):
     """Pass 2 for one component reference at JSON path ``path``: the name is registered and the
     params satisfy its schema; returns the reference with defaults filled in."""
     if ref["name"] not in reg.components[kind]:
-        raise ManifestError(f"{where}: at {path}.name: " + unknown_name_message(kind, ref["name"], reg.components[kind]))
+        raise ManifestError(f"{where}: at {path}.name: " + unknown_name_message(
+            kind, ref["name"], reg.components[kind], reg.excluded_hint(kind, ref["name"])[0]))
     comp = reg.get(kind, ref["name"])
     params = ref.get("params", {})
     _schema_error(Draft202012Validator(comp.params_schema), params, where, f"{path}.params",
