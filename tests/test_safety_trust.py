@@ -578,3 +578,43 @@ def test_a_component_left_out_by_zoo_plugins_names_the_allowlist(allow, argv, ne
     code, out, err = run(capsys, *[a.replace("{ckpt}", str(ckpt)) for a in argv])
     assert "ZOO_PLUGINS" not in err
 
+
+# ---- zoo validate of the built-in file ----------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _builtin_manifest(**changes):
+    with open(os.path.join(ROOT, "zoo.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    for model, entry in changes.items():
+        data["models"][model].update(entry)
+    return data
+
+
+VALIDATE = [  # (id, manifest or None for zoo.json itself, exit code, fragments, errors printed)
+    ("zoo.json", None, 0, ["10 model(s) valid at presets tiny, baby, char, 124m"], 0),
+    ("edited-zoo.json", _builtin_manifest(**{"gpt2-rope-gqa": {"attention": {"name": "gqa", "params": {"n_kv_heads": "two"}}}}),
+     2, ["at attention.params.n_kv_heads: 'two' is not of type 'integer'",
+         "(at every preset: 'tiny', 'baby', 'char', '124m')", "1 problem(s) in 10 model(s)"], 1),
+    ("some-presets", {"models": {"mine": {"extends": "gpt2-rope-gqa", "attention": {"name": "gqa", "params": {"n_kv_heads": 3}}}}},
+     2, ["model 'mine' (at presets 'tiny', 'baby'):", "1 problem(s) in 1 model(s)"], 1),
+    ("clash", {"models": {"gpt2": {"extends": "llama"}}}, 2, ["the model name 'gpt2' is already defined by zoo"], 0),
+]
+
+
+@pytest.mark.parametrize("manifest, code, needles, n_errors", [c[1:] for c in VALIDATE], ids=[c[0] for c in VALIDATE])
+def test_validate(manifest, code, needles, n_errors, tmp_path, capsys, fresh_registry):
+    path = os.path.join(ROOT, "zoo.json")
+    if manifest is not None:
+        path = tmp_path / "zoo.json"
+        path.write_text(json.dumps(manifest))
+    with open(path, "rb") as f:
+        before = f.read()
+    got, out, err = run(capsys, "validate", path)
+    assert got == code, err
+    assert all(n in out + err for n in needles), out + err
+    assert len([ln for ln in err.splitlines() if ln.startswith("error: ")]) == n_errors, err
+    with open(path, "rb") as f:
+        assert f.read() == before
+

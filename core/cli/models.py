@@ -7,6 +7,7 @@ import sys
 
 from ..errors import ZooError
 from ..plugin.contract import KINDS, LAYER_KINDS, SLOT_ATTR
+from ..plugin.registry import BUILTIN_DIST
 from ..spec.catalog import configure, configured_manifests, get_registry
 from ..spec.manifest import load_manifest_file
 from ..spec.resolve import resolve_spec
@@ -129,25 +130,55 @@ def cmd_validate(args):
     reg = get_registry()
     if args.file:
         data = load_manifest_file(args.file)
-        if args.file not in configured_manifests():
+        if _is_the_builtin_manifest(reg, data):
+            reg = _with_entries(reg, data, args.file)  # its entries in place of the registered ones
+        elif args.file not in configured_manifests():
             configure(configured_manifests() + [args.file])
             reg = get_registry()
         names = list(data.get("models", {}))
     else:
         names = reg.list_models()
-    errors = 0
+    presets = list(reg.presets)
+    problems = {}  # (model, message with the preset taken out) -> the presets where it holds
     for name in names:
-        for preset in reg.presets:
+        for preset in presets:
             try:
                 resolve_spec(reg, name, preset)
             except ZooError as e:
-                errors += 1
-                print(f"error: {e}", file=sys.stderr)
+                key = str(e).replace(f" (preset {preset!r})", _PRESETS)
+                problems.setdefault((name, key), []).append(preset)
+    for (name, key), where in problems.items():
+        listed = ", ".join(repr(p) for p in where)
+        at = f"at every preset: {listed}" if len(where) == len(presets) > 1 else \
+            f"at preset{'s' if len(where) > 1 else ''} {listed}"
+        print(f"error: {key.replace(_PRESETS, f' ({at})') if _PRESETS in key else f'{key} ({at})'}", file=sys.stderr)
     what = args.file or "the registered models"
-    if errors:
-        print(f"{what}: {errors} problem(s) in {len(names)} model(s)", file=sys.stderr)
+    if problems:
+        print(f"{what}: {len(problems)} problem(s) in {len(names)} model(s)", file=sys.stderr)
         return 2
-    print(f"{what}: {len(names)} model(s) valid at presets {', '.join(reg.presets)}")
+    print(f"{what}: {len(names)} model(s) valid at presets {', '.join(presets)}")
+
+
+_PRESETS = "\0presets\0"  # where a message named the preset, while problems are grouped
+
+
+def _is_the_builtin_manifest(reg, data) -> bool:
+    """Whether a manifest file defines exactly the built-in models and presets (zoo.json, as in a
+    checkout): validating it must not add them a second time."""
+    builtin = {n for n, s in reg.models.items() if s.dist == BUILTIN_DIST}
+    builtin_presets = {n for n, s in reg.presets.items() if s.dist == BUILTIN_DIST}
+    return bool(builtin) and set(data.get("models", {})) == builtin and set(data.get("presets", {})) == builtin_presets
+
+
+def _with_entries(reg, data, path):
+    """A copy of the registry whose models and presets of ``data`` are the file's entries."""
+    import copy
+    from ..plugin.registry import ModelSource
+    out = copy.copy(reg)
+    origin = f"manifest {path}"
+    out.models = {**reg.models, **{n: ModelSource(e, "<user>", "0", origin) for n, e in data.get("models", {}).items()}}
+    out.presets = {**reg.presets, **{n: ModelSource(e, "<user>", "0", origin) for n, e in data.get("presets", {}).items()}}
+    return out
 
 
 def cmd_check(args):
