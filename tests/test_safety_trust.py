@@ -618,3 +618,23 @@ def test_validate(manifest, code, needles, n_errors, tmp_path, capsys, fresh_reg
     with open(path, "rb") as f:
         assert f.read() == before
 
+
+# ---- zoo compare of a path that is not there ----------------------------------------------------------
+
+COMPARE = [  # (target, fragment)
+    ("runs/nope", "'runs/nope' does not exist. Give a run directory"),
+    ("./nope", "'./nope' does not exist"),
+    ("afile.txt", "'afile.txt' is a file, not a run directory"),
+    ("empty", "'empty' holds no runs: no TensorBoard event files"),
+    ("nope", "Train it with `zoo train nope`"),
+]
+
+
+@pytest.mark.parametrize("target, needle", COMPARE)
+def test_compare_of_something_that_is_not_a_run(target, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, "compare", target)
+    assert code == 2 and needle in err, err
+    assert ("zoo train" in err) == (target == "nope")
