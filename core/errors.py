@@ -11,3 +11,8 @@ class ManifestError(ZooError):
 
 class PluginError(ZooError):
     """A plugin failed to load or register (raised only in --strict mode)."""
+
+
+class ZooWarning(UserWarning):
+    """Something the user should know where the work can go on; the CLI prints it as one line,
+    ``zoo: warning: ...``."""

@@ -7,6 +7,7 @@ import sys
 
 from ..errors import ZooError
 from ..plugin.contract import KINDS, LAYER_KINDS, SLOT_ATTR
+from ..plugin.registry import BUILTIN_DIST
 from ..spec.catalog import configure, configured_manifests, get_registry
 from ..spec.manifest import load_manifest_file
 from ..spec.resolve import resolve_spec
@@ -83,17 +84,19 @@ def cmd_show(args):
 
 
 def _component_params(spec):
-    """Parameters of the attention and ffn layers over all blocks (counted on the meta device)."""
-    import torch
-    from ..nn.transformer import build_from_spec
-    with torch.device("meta"):
-        model = build_from_spec(spec)
+    """Parameters of the attention and ffn layers over all blocks (one block built per distinct
+    layer, on the meta device)."""
+    from ..nn.transformer import block_groups
+    groups = block_groups(spec)
     out = {}
     for kind, attr in SLOT_ATTR.items():
-        counts = [sum(p.numel() for p in getattr(b, attr).parameters()) for b in model.blocks]
-        names = sorted({type(getattr(b, attr)).__name__ for b in model.blocks})
-        per = f"{counts[0]:,} per layer" if len(set(counts)) == 1 else "per layer " + ", ".join(f"{c:,}" for c in counts)
-        out[kind] = (sum(counts), f"{per} ({', '.join(names)})")
+        counts = [(sum(p.numel() for p in getattr(b, attr).parameters()), n, type(getattr(b, attr)).__name__)
+                  for _, n, b in groups]
+        if len({(c, name) for c, _, name in counts}) == 1:
+            per = f"{counts[0][0]:,} per layer ({counts[0][2]})"
+        else:  # layers that differ (per-layer overrides), in the order of their first layer
+            per = "per layer " + ", ".join(f"{c:,} x {n} ({name})" for c, n, name in counts)
+        out[kind] = (sum(c * n for c, n, _ in counts), per)
     return out
 
 
@@ -127,25 +130,55 @@ def cmd_validate(args):
     reg = get_registry()
     if args.file:
         data = load_manifest_file(args.file)
-        if args.file not in configured_manifests():
+        if _is_the_builtin_manifest(reg, data):
+            reg = _with_entries(reg, data, args.file)  # its entries in place of the registered ones
+        elif args.file not in configured_manifests():
             configure(configured_manifests() + [args.file])
             reg = get_registry()
         names = list(data.get("models", {}))
     else:
         names = reg.list_models()
-    errors = 0
+    presets = list(reg.presets)
+    problems = {}  # (model, message with the preset taken out) -> the presets where it holds
     for name in names:
-        for preset in reg.presets:
+        for preset in presets:
             try:
                 resolve_spec(reg, name, preset)
             except ZooError as e:
-                errors += 1
-                print(f"error: {e}", file=sys.stderr)
+                key = str(e).replace(f" (preset {preset!r})", _PRESETS)
+                problems.setdefault((name, key), []).append(preset)
+    for (name, key), where in problems.items():
+        listed = ", ".join(repr(p) for p in where)
+        at = f"at every preset: {listed}" if len(where) == len(presets) > 1 else \
+            f"at preset{'s' if len(where) > 1 else ''} {listed}"
+        print(f"error: {key.replace(_PRESETS, f' ({at})') if _PRESETS in key else f'{key} ({at})'}", file=sys.stderr)
     what = args.file or "the registered models"
-    if errors:
-        print(f"{what}: {errors} problem(s) in {len(names)} model(s)", file=sys.stderr)
+    if problems:
+        print(f"{what}: {len(problems)} problem(s) in {len(names)} model(s)", file=sys.stderr)
         return 2
-    print(f"{what}: {len(names)} model(s) valid at presets {', '.join(reg.presets)}")
+    print(f"{what}: {len(names)} model(s) valid at presets {', '.join(presets)}")
+
+
+_PRESETS = "\0presets\0"  # where a message named the preset, while problems are grouped
+
+
+def _is_the_builtin_manifest(reg, data) -> bool:
+    """Whether a manifest file defines exactly the built-in models and presets (zoo.json, as in a
+    checkout): validating it must not add them a second time."""
+    builtin = {n for n, s in reg.models.items() if s.dist == BUILTIN_DIST}
+    builtin_presets = {n for n, s in reg.presets.items() if s.dist == BUILTIN_DIST}
+    return bool(builtin) and set(data.get("models", {})) == builtin and set(data.get("presets", {})) == builtin_presets
+
+
+def _with_entries(reg, data, path):
+    """A copy of the registry whose models and presets of ``data`` are the file's entries."""
+    import copy
+    from ..plugin.registry import ModelSource
+    out = copy.copy(reg)
+    origin = f"manifest {path}"
+    out.models = {**reg.models, **{n: ModelSource(e, "<user>", "0", origin) for n, e in data.get("models", {}).items()}}
+    out.presets = {**reg.presets, **{n: ModelSource(e, "<user>", "0", origin) for n, e in data.get("presets", {}).items()}}
+    return out
 
 
 def cmd_check(args):

@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from ..errors import ZooError
-from .atomic import MARKER, temp_files_of, umask, write_json, written_by_zoo
+from .atomic import MARKER, temp_files_of, umask, write_json, write_text, written_by_zoo
 from .checkpoint import CKPT_NAME
+
+NAME_RULE = ("a name is one directory inside the runs directory: not empty, not '.', and without '..', "
+             "a path separator ('/' or '\\') or a control character")
+
+
+def name_problem(value) -> str | None:
+    """Why ``value`` cannot be a model name or run id (a directory ``OUT/<model>/<run-id>``), or
+    None. The manifest schema's ``name`` pattern states the same rule."""
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if not value:
+        return "is empty"
+    if os.path.isabs(value) or PureWindowsPath(value).is_absolute():
+        return "is an absolute path"
+    if "/" in value or "\\" in value or os.sep in value or (os.altsep and os.altsep in value):
+        return "contains a path separator"
+    if ".." in value:
+        return "contains '..'"
+    if value == ".":
+        return "is '.'"
+    if any(ord(c) < 32 for c in value):
+        return "contains a control character"
+    return None
+
+
+def check_name(value, what: str):
+    """Refuse a model name or run id that would write outside the runs directory (ZooError)."""
+    problem = name_problem(value)
+    if problem:
+        raise ZooError(f"{what} {value!r} {problem}; {NAME_RULE}. Choose another.")
 
 
 def new_run_id(parent: Path) -> str:
@@ -79,29 +109,37 @@ def create_run_dir(run_dir, command: str = "zoo train"):
 
 
 class RunLock:
-    """An OS lock on a run directory (``flock`` on ``RUN/.lock``), held while a process trains in it,
-    so that a second ``zoo train --resume`` of the same run stops at once (exit 2, naming the holder)
-    instead of both writing the same checkpoint. The lock goes with the process, even when it is
-    killed; the ``.lock`` file stays."""
+    """An OS lock on a run directory (``flock`` on the directory itself), held while a process trains
+    in it, so that a second ``zoo train --resume`` of the same run stops at once (exit 2, naming the
+    holder) instead of both writing the same checkpoint. The lock goes with the process, even when
+    it is killed. The holder's process id is written to ``RUN/.lock`` once it starts writing the run
+    (:meth:`note`), so a refused or failed resume leaves the folder as it was."""
 
     def __init__(self, run_dir):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.dir = Path(run_dir)
         self.fd = None
 
-    def acquire(self):
+    def acquire(self, note: bool = True):
         import fcntl
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
             os.close(fd)
-            raise ZooError(f"{str(self.path.parent)!r} is in use: process {holder} is training in it. Wait for it "
-                           f"to finish (or stop it), then resume.") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            try:
+                holder = "process " + (self.dir / LOCK_NAME).read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                holder = "another process"
+            raise ZooError(f"{str(self.dir)!r} is in use: {holder} is training in it. Wait for it to finish (or "
+                           f"stop it), then resume.") from None
         self.fd = fd
+        if note:
+            self.note()
         return self
+
+    def note(self):
+        """Write the holder's process id (for the message another process gets)."""
+        write_text(self.dir / LOCK_NAME, str(os.getpid()))
 
     def release(self):
         if self.fd is not None:

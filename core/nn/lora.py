@@ -75,24 +75,27 @@ def _hook(module, inputs, output):
 
 def target_linears(model, targets):
     """(name, nn.Linear) of every linear layer inside the target components of every block."""
-    import torch.nn as nn
     for i, block in enumerate(model.blocks):
-        for kind, attr in SLOT_ATTR.items():
-            if kind in targets:
-                for name, m in getattr(block, attr).named_modules():
-                    if isinstance(m, nn.Linear):
-                        yield f"blocks.{i}.{attr}.{name}", m
+        for name, m in _block_linears(block, targets):
+            yield f"blocks.{i}.{name}", m
 
 
-def apply_lora(model, cfg: dict):
-    """Add adapters to ``model`` in place (see the module docstring) and freeze everything else."""
+def _block_linears(block, targets):
+    import torch.nn as nn
+    for kind, attr in SLOT_ATTR.items():
+        if kind in targets:
+            for name, m in getattr(block, attr).named_modules():
+                if isinstance(m, nn.Linear):
+                    yield f"{attr}.{name}", m
+
+
+def add_adapters(block, cfg: dict) -> int:
+    """Add adapters to the target linear layers of one block, in place; returns how many."""
     import torch
     import torch.nn as nn
     cfg = lora_config(cfg)
-    for p in model.parameters():
-        p.requires_grad_(False)
     n = 0
-    for _, m in target_linears(model, cfg["targets"]):
+    for _, m in _block_linears(block, cfg["targets"]):
         out_f, in_f = m.weight.shape
         dev, dt = m.weight.device, m.weight.dtype
         m.lora_A = nn.Parameter(torch.empty(cfg["r"], in_f, device=dev, dtype=dt))  # (r, in)
@@ -103,8 +106,20 @@ def apply_lora(model, cfg: dict):
         m.lora_dropout = cfg["dropout"]
         m.register_forward_hook(_hook)
         n += 1
-    if n == 0:
-        raise ZooError(f"LoRA targets {cfg['targets']} contain no nn.Linear layer in this model; choose other targets.")
+    return n
+
+
+def no_adapters_error(cfg: dict) -> ZooError:
+    return ZooError(f"LoRA targets {lora_config(cfg)['targets']} contain no nn.Linear layer in this model; "
+                    f"choose other targets.")
+
+
+def apply_lora(model, cfg: dict):
+    """Add adapters to ``model`` in place (see the module docstring) and freeze everything else."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if sum(add_adapters(block, cfg) for block in model.blocks) == 0:
+        raise no_adapters_error(cfg)
     return model
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..plugin.contract import SLOT_ATTR
 from ..spec.catalog import get_registry
-from ..spec.resolve import dims_of, layer_spec
+from ..spec.resolve import dims_of, layer_groups, layer_spec
 from .cache import ModelCache
 from .ops import make_norm
 
@@ -148,7 +148,42 @@ def build_from_spec(spec: dict, reg=None) -> Transformer:
     return model
 
 
-def param_count(spec: dict, reg=None) -> int:
-    """Parameters of the model a spec describes, counted without allocating its weights."""
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def block_groups(spec: dict, reg=None):
+    """(first layer, number of layers, Block) for each distinct layer of a spec, the Block built on
+    the meta device (no weights allocated); with the spec's LoRA adapters, if any."""
+    reg = reg or get_registry()
+    component_cls = lambda kind, name: reg.get(kind, name).cls  # noqa: E731
+    att, ffn = component_cls("attention", spec["attention"]["name"]), component_cls("ffn", spec["ffn"]["name"])
+    out, adapters = [], 0
     with torch.device("meta"):
-        return build_from_spec(spec, reg).num_params()
+        for first, count in layer_groups(spec):
+            block = Transformer._block(spec, first, att, ffn, component_cls)
+            if spec.get("lora"):
+                from .lora import add_adapters
+                adapters += add_adapters(block, spec["lora"])
+            out.append((first, count, block))
+    if spec.get("lora") and not adapters:
+        from .lora import no_adapters_error
+        raise no_adapters_error(spec["lora"])
+    return out
+
+
+def param_count(spec: dict, reg=None) -> int:
+    """Parameters of the model a spec describes, counted without allocating its weights and
+    without building every layer: one block per distinct layer (see
+    :func:`zoo.spec.resolve.layer_groups`), times the layers like it, plus the embedding, the
+    positional encoding, the final norm and an untied head. The same number as
+    ``build_from_spec(spec).num_params()``, in milliseconds for any number of layers."""
+    reg = reg or get_registry()
+    groups = block_groups(spec, reg)
+    with torch.device("meta"):
+        rest = [nn.Embedding(spec["vocab_size"], spec["d_model"]),
+                reg.get("posenc", spec["posenc"]["name"]).cls(dims_of(spec), **spec["posenc"]["params"]),
+                make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))]
+        if not spec["tie_weights"]:
+            rest.append(nn.Linear(spec["d_model"], spec["vocab_size"], bias=False))
+    return sum(_numel(m) for m in rest) + sum(count * _numel(b) for _, count, b in groups)

@@ -10,6 +10,11 @@ Versioned API: a plugin module (or the package it lives in) may say which plugin
 for with a module-level ``ZOO_API = "1.0"``; none means "1.0", the first API. A plugin loads when
 its major version equals ``zoo.PLUGIN_API_VERSION``'s and its minor is not newer; otherwise it is
 refused like any other broken plugin (a warning naming the distribution, an error with --strict).
+
+Isolation covers ``SystemExit`` and ``KeyboardInterrupt`` too: while plugin code runs (an entry
+point's import, a hook), a SIGINT handler notes a real Ctrl-C from the user. A ``KeyboardInterrupt``
+or ``SystemExit`` that plugin code raises while no Ctrl-C was noted is that plugin's failure; after a
+real Ctrl-C, the ``KeyboardInterrupt`` goes on (the CLI ends with "zoo: interrupted", exit 130).
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import fnmatch
 import importlib.metadata as md
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -69,6 +76,8 @@ class Registry:
     problems: list = field(default_factory=list)  # (dist, reason)
     dists: dict = field(default_factory=dict)  # dist name -> version, for every loaded distribution
     api_versions: dict = field(default_factory=dict)  # dist name -> the plugin API it declares
+    skipped: dict = field(default_factory=dict)  # dist name -> [entry point names]: left out by ZOO_PLUGINS
+    allowlist: str | None = None  # ZOO_PLUGINS as it was when the plugins loaded
     default_preset: str = "char"
 
     # ---- inspection -------------------------------------------------------------------------
@@ -76,7 +85,27 @@ class Registry:
         try:
             return self.components[kind][name]
         except KeyError:
-            raise ManifestError(unknown_name_message(kind, name, self.components.get(kind, {}))) from None
+            raise ManifestError(unknown_name_message(kind, name, self.components.get(kind, {}),
+                                                     self.excluded_hint(kind, name)[0])) from None
+
+    def excluded_hint(self, kind=None, name=None, dists=()) -> tuple[str, bool]:
+        """(a sentence, whether it names the likely provider) about the installed distributions that
+        ZOO_PLUGINS left out, for a component nobody provides: the one among ``dists`` (those a
+        checkpoint names) or with an entry point named ``KIND-NAME`` (the convention), else all of
+        them. ("", False) when ZOO_PLUGINS left nothing out."""
+        if not self.skipped:
+            return "", False
+        wanted = {_norm(d) for d in dists}
+        likely = sorted(d for d, eps in self.skipped.items()
+                        if _norm(d) in wanted or (kind and f"{kind}-{name}" in eps))
+        setting = f"ZOO_PLUGINS={self.allowlist!r}"
+        if likely:
+            more = ",".join([*(n.strip() for n in (self.allowlist or "").split(",") if n.strip()), *likely])
+            return (f" {', '.join(likely)} {'is' if len(likely) == 1 else 'are'} installed but left out by "
+                    f"{setting}; add {'it' if len(likely) == 1 else 'them'} (ZOO_PLUGINS={more}) or unset "
+                    f"ZOO_PLUGINS.", True)
+        return (f" {setting} leaves out the installed distribution(s) {', '.join(sorted(self.skipped))}; if one "
+                f"of them provides it, add it to ZOO_PLUGINS.", False)
 
     def list_components(self, kind: str | None = None):
         kinds = [kind] if kind else KINDS
@@ -97,17 +126,18 @@ class Registry:
                           PluginWarning, stacklevel=2)
 
 
-def unknown_name_message(kind, name, known) -> str:
+def unknown_name_message(kind, name, known, excluded: str = "") -> str:
+    """``excluded``: what :meth:`Registry.excluded_hint` says, if anything."""
     import difflib
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return (f"unknown {kind} {name!r}.{hint} Registered {kind} components: "
-            f"{', '.join(sorted(known)) or '(none)'}. Install the plugin that provides it, or "
-            f"check `zoo plugins`.")
+            f"{', '.join(sorted(known)) or '(none)'}." + (excluded or " Install the plugin that provides it, "
+                                                            "or check `zoo plugins`."))
 
 
-def _allowlist():
-    raw = os.environ.get("ZOO_PLUGINS")
+def _allowlist(raw=None):
+    raw = os.environ.get("ZOO_PLUGINS") if raw is None else raw
     if raw is None:
         return None
     return {_norm(n) for n in raw.split(",") if n.strip()}
@@ -154,6 +184,58 @@ def _entry_points():
                                        ep.dist.name if ep.dist else "", ep.name))
 
 
+class UserInterrupts:
+    """A context in which a real Ctrl-C is noted: a SIGINT handler sets ``noted`` and then does
+    what the previous handler does (raise ``KeyboardInterrupt``). The previous handler is restored
+    on exit. Outside the main thread no signal can arrive, so nothing is installed and ``noted``
+    stays False; where SIGINT is ignored, it stays ignored."""
+
+    def __init__(self):
+        self.noted = False
+        self._prev = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGINT)
+            if prev not in (signal.SIG_IGN, None):  # None: a handler not installed from Python
+                signal.signal(signal.SIGINT, self._handler)
+                self._prev = prev
+        return self
+
+    def _handler(self, signum, frame):
+        self.noted = True
+        if callable(self._prev):
+            self._prev(signum, frame)  # signal.default_int_handler raises KeyboardInterrupt
+        else:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+            self._prev = None
+        return False
+
+    def plugin_failure(self, e: BaseException) -> bool:
+        """Whether ``e``, raised by plugin code, is that plugin's failure (else it must go on)."""
+        if isinstance(e, KeyboardInterrupt):
+            return not self.noted
+        return isinstance(e, (Exception, SystemExit))
+
+    def check(self):
+        """After plugin code returned or failed: a Ctrl-C it swallowed still ends the command."""
+        if self.noted:
+            raise KeyboardInterrupt
+
+
+def _describe(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if isinstance(e, KeyboardInterrupt):
+        text = "KeyboardInterrupt without a Ctrl-C from the user"
+    elif isinstance(e, SystemExit):
+        text += " (plugin code must not exit the zoo)"
+    return text
+
+
 def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Registry:
     """Discover plugins and collect what they register.
 
@@ -163,11 +245,17 @@ def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Regis
     None) a plugin registers, raising an error that becomes the plugin's problem; the manifest
     format belongs to the spec layer, which passes it (:func:`zoo.spec.catalog.load_registry`).
     """
+    with UserInterrupts() as interrupts:
+        return _discover(extra_plugins, use_entry_points, check_model, interrupts)
+
+
+def _discover(extra_plugins, use_entry_points, check_model, interrupts) -> Registry:
     reg = Registry()
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     plugin_dist = {}  # plugin name in pm -> (dist, version)
-    allow = _allowlist()
+    reg.allowlist = os.environ.get("ZOO_PLUGINS")
+    allow = _allowlist(reg.allowlist)
 
     sources = []
     if use_entry_points:
@@ -175,12 +263,17 @@ def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Regis
             dist = ep.dist.name if ep.dist else "<unknown>"
             version = ep.dist.version if ep.dist else "0"
             if allow is not None and _norm(dist) != BUILTIN_DIST and _norm(dist) not in allow:
+                reg.skipped.setdefault(dist, []).append(ep.name)  # remembered, to say so when it is missed
                 continue
             try:
                 obj = ep.load()
-            except (Exception, SystemExit) as e:  # a broken plugin must not take the zoo down
-                reg.problems.append((dist, f"cannot import {ep.value!r}: {type(e).__name__}: {e}"))
+            except BaseException as e:  # a broken plugin must not take the zoo down
+                if not interrupts.plugin_failure(e):
+                    raise
+                interrupts.check()
+                reg.problems.append((dist, f"cannot import {ep.value!r}: {_describe(e)}"))
                 continue
+            interrupts.check()
             sources.append((obj, f"{dist}:{ep.name}", dist, version))
         if allow is not None:
             found = {_norm(ep.dist.name) for ep in md.entry_points(group=GROUP) if ep.dist}
@@ -192,27 +285,33 @@ def discover(extra_plugins=(), use_entry_points=True, check_model=None) -> Regis
         sources.append((obj, f"{dist}:extra{i}", dist, "0"))
 
     for obj, pname, dist, version in sources:
-        api = declared_api(obj)
-        why = api_problem(api, f"plugin {pname}", dist)
+        try:  # attribute look-ups may run plugin code (a module's __getattr__)
+            api = declared_api(obj)
+            why = api_problem(api, f"plugin {pname}", dist)
+            if not why:
+                pm.register(obj, name=pname)
+        except BaseException as e:
+            if not interrupts.plugin_failure(e):
+                raise
+            interrupts.check()
+            reg.problems.append((dist, f"invalid hook implementation in {pname}: {_describe(e)}"))
+            continue
         if why:
             reg.problems.append((dist, why))
             continue
         reg.api_versions.setdefault(dist, api)
-        try:
-            pm.register(obj, name=pname)
-        except Exception as e:
-            reg.problems.append((dist, f"invalid hook implementation in {pname}: {e}"))
-            continue
         plugin_dist[pname] = (dist, version)
         reg.dists.setdefault(dist, version)
 
     for kind in KINDS:
-        _collect(reg, pm, f"register_{kind}", plugin_dist, lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
-    _collect(reg, pm, "register_models", plugin_dist, lambda *a, **kw: _add_model(reg, *a, check=check_model, **kw))
+        _collect(reg, pm, f"register_{kind}", plugin_dist, interrupts,
+                 lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
+    _collect(reg, pm, "register_models", plugin_dist, interrupts,
+             lambda *a, **kw: _add_model(reg, *a, check=check_model, **kw))
     return reg
 
 
-def _collect(reg, pm, hookname, plugin_dist, add):
+def _collect(reg, pm, hookname, plugin_dist, interrupts, add):
     hook = getattr(pm.hook, hookname)
     # get_hookimpls() is in registration order (pluggy calls them in reverse); built-ins come first
     for impl in hook.get_hookimpls():
@@ -224,9 +323,13 @@ def _collect(reg, pm, hookname, plugin_dist, add):
 
         try:
             impl.function(register=register)
-        except Exception as e:
-            reg.problems.append((dist, f"hook {hookname} in {impl.plugin_name} raised {type(e).__name__}: {e}"))
+        except BaseException as e:
+            if not interrupts.plugin_failure(e):
+                raise
+            interrupts.check()
+            reg.problems.append((dist, f"hook {hookname} in {impl.plugin_name} raised {_describe(e)}"))
             continue
+        interrupts.check()
         for args, kwargs in staged:
             try:
                 add(*args, dist=dist, version=version, **kwargs)

@@ -15,6 +15,8 @@ def check_registered(what: str, name, entry, origin: str):
         _schema_error(_validator(None), entry, origin, "",
                       "Fix it; see core/spec/schema/manifest.schema.json for the allowed keys.")
     else:
+        _schema_error(_validator("name"), name, f"{what} name {name!r} (from {origin})", "",
+                      f"Rename the {what}.")
         check_entry(entry, what, name, origin)
 
 

@@ -43,7 +43,10 @@ def _schema_error(validator, instance, where: str, prefix: str, fix: str):
     err = best_match(validator.iter_errors(instance))
     if err is None:
         return
-    raise ManifestError(f"{where}: at {_path(err, prefix)}: {err.message}. {fix}")
+    message = err.message
+    if err.validator == "pattern" and "description" in err.schema:  # the rule in words, not the regex
+        message = f"{err.instance!r} is not allowed: {err.schema['description']}"
+    raise ManifestError(f"{where}: at {_path(err, prefix)}: {message}. {fix}")
 
 
 def check_entry(entry, what: str, name: str, origin: str):

@@ -14,6 +14,8 @@ overrides) is resolved here too.
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 from jsonschema import Draft202012Validator
 
@@ -50,15 +52,8 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
         if kind not in spec:
             raise ManifestError(f"model {name!r}: no {kind} is set. Add \"{kind}\": {{\"name\": ...}} to "
                                 f"the entry or to a model it extends.")
-    _schema_error(_validator("spec"), spec, f"model {name!r} (preset {preset!r})", "",
-                  "Fix the entry or the override.")
-    # pass 2: each component's params against its own schema
-    for kind in KINDS:
-        spec[kind] = _resolve_component(reg, name, kind, spec[kind], kind)
-    for i, override in enumerate(spec.get("layers", [])):  # per-layer overrides, the same way
-        for kind in LAYER_KINDS:
-            if kind in override:
-                override[kind] = _resolve_component(reg, name, kind, override[kind], f"layers[{i}].{kind}")
+    check_spec_schema(spec, f"model {name!r} (preset {preset!r})")
+    _resolve_components(reg, spec, f"model {name!r}")  # pass 2
     # pass 3: cross-field constraints
     problems = cross_field_problems(reg, spec)
     if problems:
@@ -66,16 +61,45 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
     return spec
 
 
-def _resolve_component(reg, model, kind, ref, where):
-    """Pass 2 for one component reference at JSON path ``where``: the name is registered and the
+def validate_spec(reg, spec, where: str, fix: str = "") -> dict:
+    """A stored spec (a checkpoint's) checked as :func:`resolve_spec` checks a fresh one: against
+    the spec schema, each component's params against its own schema (defaults filled in), then the
+    cross-field constraints. ``where`` names it in the error (e.g. "the spec of checkpoint 'x'"),
+    ``fix`` is appended. Returns a copy with the components' defaults filled in."""
+    check_spec_schema(spec, where, fix)
+    spec = copy.deepcopy(spec)
+    _resolve_components(reg, spec, where, fix)
+    problems = cross_field_problems(reg, spec)
+    if problems:
+        raise ManifestError(f"{where}: " + " ".join(problems) + (f" {fix}" if fix else ""))
+    return spec
+
+
+def check_spec_schema(spec, where: str, fix: str = ""):
+    """Pass 1 for a resolved spec: its shape, before anything reads it."""
+    _schema_error(_validator("spec"), spec, where, "", fix or "Fix the entry or the override.")
+
+
+def _resolve_components(reg, spec, where, fix=""):
+    """Pass 2: each component's params against its own schema, per-layer overrides too (in place)."""
+    for kind in KINDS:
+        spec[kind] = _resolve_component(reg, where, kind, spec[kind], kind, fix)
+    for i, override in enumerate(spec.get("layers", [])):
+        for kind in LAYER_KINDS:
+            if kind in override:
+                override[kind] = _resolve_component(reg, where, kind, override[kind], f"layers[{i}].{kind}", fix)
+
+
+def _resolve_component(reg, where, kind, ref, path, fix=""):
+    """Pass 2 for one component reference at JSON path ``path``: the name is registered and the
     params satisfy its schema; returns the reference with defaults filled in."""
     if ref["name"] not in reg.components[kind]:
-        raise ManifestError(f"model {model!r}: at {where}.name: "
-                            + unknown_name_message(kind, ref["name"], reg.components[kind]))
+        raise ManifestError(f"{where}: at {path}.name: " + unknown_name_message(
+            kind, ref["name"], reg.components[kind], reg.excluded_hint(kind, ref["name"])[0]))
     comp = reg.get(kind, ref["name"])
     params = ref.get("params", {})
-    _schema_error(Draft202012Validator(comp.params_schema), params, f"model {model!r}", f"{where}.params",
-                  f"Fix the params of {kind} {comp.name!r} (see `zoo plugins --json` for its schema).")
+    _schema_error(Draft202012Validator(comp.params_schema), params, where, f"{path}.params",
+                  fix or f"Fix the params of {kind} {comp.name!r} (see `zoo plugins --json` for its schema).")
     return {"name": comp.name, "params": fill_defaults(comp.params_schema, params)}
 
 
@@ -102,13 +126,48 @@ def layer_spec(spec: dict, layer: int) -> dict:
     return {**spec, **layer_components(spec, layer)}
 
 
+def first_selected(override: dict, n_layers: int):
+    """The first layer a ``layers`` override selects, or None when it selects none."""
+    start, end = override.get("from", 0), min(override.get("to", n_layers), n_layers)
+    return start if start < end else None
+
+
+def layer_groups(spec: dict) -> list[tuple[int, int]]:
+    """(first layer, number of layers) for each distinct composition of the layers (what
+    :func:`layer_components` gives), in the order of their first layers.
+
+    Layers differ only through the ``layers`` overrides, so this is worked out from the overrides'
+    ranges rather than layer by layer: between the points where an override starts or ends, which
+    overrides select a layer repeats with the period of their ``every`` steps. A spec of 100,000
+    layers costs about what one of 10 does."""
+    n, overrides = spec["n_layers"], spec.get("layers") or []
+    if not overrides:
+        return [(0, n)]
+    bounds = sorted({0, n} | {min(o.get("from", 0), n) for o in overrides} | {min(o.get("to", n), n) for o in overrides})
+    groups = {}  # the layer's components (as JSON) -> [first layer, count]
+    for a, b in zip(bounds, bounds[1:]):
+        if a >= b:
+            continue
+        steps = [o.get("every", 1) for o in overrides if o.get("from", 0) <= a and b <= o.get("to", n)]
+        period = math.lcm(*steps) if steps else 1
+        # one representative per residue modulo the period, each standing for every period-th layer
+        reps = [(i, len(range(i, b, period))) for i in range(a, min(b, a + period))]
+        for i, count in reps:
+            key = json.dumps(layer_components(spec, i), sort_keys=True, default=str)
+            if key in groups:
+                groups[key][1] += count
+            else:
+                groups[key] = [i, count]
+    return sorted((first, count) for first, count in groups.values())
+
+
 def _layer_problems(reg, spec: dict) -> list[str]:
     out = []
     n = spec["n_layers"]
     pe = reg.get("posenc", spec["posenc"]["name"])
     for i, override in enumerate(spec.get("layers", []) or []):
-        selected = [j for j in range(n) if layer_selects(override, j, n)]
-        if not selected:
+        first = first_selected(override, n)
+        if first is None:
             out.append(f"at layers[{i}]: from={override.get('from', 0)}, to={override.get('to', n)}, "
                        f"every={override.get('every', 1)} selects no layer of the {n} (0 to {n - 1}); fix the "
                        f"range or drop the override.")
@@ -125,7 +184,7 @@ def _layer_problems(reg, spec: dict) -> list[str]:
                                f"{pe.tags.get('kind')} encodings like {pe.name!r}; use one of {ok}.")
             check = getattr(comp.cls, "validate_spec", None)
             if check is not None:
-                for msg in check(dims_of(spec, selected[0]), override[kind]["params"]) or []:
+                for msg in check(dims_of(spec, first), override[kind]["params"]) or []:
                     out.append(f"at layers[{i}].{kind}.params: {msg}.")
     return out
 

@@ -5,6 +5,7 @@ validation curves (needs matplotlib)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import ZooError
@@ -15,6 +16,11 @@ PLOT_SOFTWARE = "zoo compare"  # in the PNG's metadata: a plot this command may 
 
 def _is_run(p: Path) -> bool:
     return p.is_dir() and any(p.glob("events.out.tfevents.*"))
+
+
+def _looks_like_a_path(t: str) -> bool:
+    """A path rather than a model name: it has a separator, or starts with '.' or '~'."""
+    return "/" in t or os.sep in t or bool(os.altsep and os.altsep in t) or t.startswith((".", "~"))
 
 
 def find_runs(targets, out="runs") -> list[Path]:
@@ -34,6 +40,15 @@ def find_runs(targets, out="runs") -> list[Path]:
         cands = sorted((q for q in model_dir.iterdir() if _is_run(q)), key=lambda q: (q.stat().st_mtime, q.name)) \
             if model_dir.is_dir() else []
         if not cands:
+            if p.is_file():
+                raise ZooError(f"{t!r} is a file, not a run directory; give a run directory (OUT/MODEL/RUN_ID, "
+                               f"holding TensorBoard event files) or a model name.")
+            if p.is_dir():
+                raise ZooError(f"{t!r} holds no runs: no TensorBoard event files in it or below it. Give a run "
+                               f"directory (OUT/MODEL/RUN_ID) or a model name.")
+            if _looks_like_a_path(t):
+                raise ZooError(f"{t!r} does not exist. Give a run directory (OUT/MODEL/RUN_ID), or a model name "
+                               f"for its latest run under {str(Path(out))!r}.")
             raise ZooError(f"{t!r} is neither a run directory (with TensorBoard event files) nor a model with "
                            f"runs under {str(Path(out))!r}. Train it with `zoo train {t}` or pass --out.")
         runs.append(cands[-1])

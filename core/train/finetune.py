@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import ZooError
 from ..io.atomic import write_json
 from ..io.checkpoint import load_checkpoint, resolve_checkpoint_path
+from ..io.rundir import check_name
 from ..io.safetensors import load_file, metadata, save_file
 from ..nn.lora import adapter_state, is_adapter_key, lora_config
 from ..plugin.registry import ModelSource
@@ -65,6 +66,8 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
              log=None) -> dict:
     """Fine-tune the model of run directory ``run`` with the trainer of ``zoo train``; ``cfg`` is a
     ``zoo.train.TrainConfig`` (data, schedule, ...). Returns the trainer's summary."""
+    if name is not None:
+        check_name(name, "model name (--name)")
     base_ckpt = load_checkpoint(run)
     spec = dict(base_ckpt["spec"])
     reg = get_registry()
@@ -83,6 +86,7 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
     if lora:
         spec["lora"] = lora_config(lora)
     name = name or f"{spec['name']}-{'lora' if lora else 'ft'}"
+    check_name(name, "model name")
     if name in reg.models and reg.models[name].dist != "<finetune>":
         raise ZooError(f"model name {name!r} is already registered by {reg.models[name].origin}; pass --name.")
     entry, preset = _register(name, spec, f"zoo finetune of {run}")

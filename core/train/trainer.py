@@ -30,7 +30,7 @@ from ..generate.text import generate_text
 from ..io.atomic import write_json
 from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
 from ..io.faults import fault_point
-from ..io.rundir import (RunLock, check_writable, create_run_dir, never_checkpointed, new_run_id,
+from ..io.rundir import (RunLock, check_name, check_writable, create_run_dir, never_checkpointed, new_run_id,
                          stale_temp_files)
 from ..nn.device import default_dtype, parse_dtype
 from ..nn.transformer import build_from_spec
@@ -157,9 +157,7 @@ class Trainer:
                            f"it again: `zoo train MODEL --run-id {self.run_dir.name} --out {self.run_dir.parent.parent}` "
                            f"replaces that folder.")
         if self.dist.main and self.run_dir.is_dir():
-            self.lock = RunLock(self.run_dir).acquire()
-            for p in stale_temp_files(self.run_dir):  # a write that a killed process never finished
-                p.unlink()
+            self.lock = RunLock(self.run_dir).acquire(note=False)  # nothing is written before the checks pass
         self.ckpt = load_checkpoint(resume)
         if "train" not in self.ckpt or "sampler" not in self.ckpt:
             raise ZooError(f"{resume!r} holds weights but no training state (optimizer, sampler); it "
@@ -190,8 +188,12 @@ class Trainer:
         if resume:
             cfg = self._resume(resume, cfg)
             name = self.ckpt["spec"]["name"]
-        elif cfg.data:
-            cfg.data = str(Path(cfg.data).expanduser().resolve())  # a resume from elsewhere finds it
+        else:  # both become directories: OUT/<name>/<run-id>
+            check_name(name, "model name")
+            if cfg.run_id is not None:
+                check_name(cfg.run_id, "run id (--run-id)")
+            if cfg.data:
+                cfg.data = str(Path(cfg.data).expanduser().resolve())  # a resume from elsewhere finds it
         self.cfg, self.name = cfg, name
         preset = cfg.preset
         if preset is None:
@@ -234,12 +236,12 @@ class Trainer:
             if self.dist.main:
                 check_writable(out)
                 parent = out / name
-                run_id = cfg.run_id or new_run_id(parent)
-                if cfg.run_id and (parent / run_id).exists():
+                run_id = cfg.run_id if cfg.run_id is not None else new_run_id(parent)
+                if cfg.run_id is not None and (parent / run_id).exists():
                     if not never_checkpointed(parent / run_id):
                         raise ZooError(f"run directory {str(parent / run_id)!r} already exists; choose another "
                                        f"--run-id, or continue it with --resume {parent / run_id}.")
-                    old = RunLock(parent / run_id).acquire()  # refuses while a process still trains there
+                    old = RunLock(parent / run_id).acquire(note=False)  # refuses while a process still trains there
                     shutil.rmtree(parent / run_id)  # the trainer's own files of a start that never checkpointed
                     old.release()
                     self.log(f"replacing {str(parent / run_id)!r}, a start of this run that never reached a checkpoint")
@@ -426,6 +428,10 @@ class Trainer:
                     create_run_dir(self.run_dir)
                 if self.lock is None:
                     self.lock = RunLock(self.run_dir).acquire()
+                else:
+                    self.lock.note()
+                for p in stale_temp_files(self.run_dir):  # a write that a killed process never finished
+                    p.unlink()
                 w = self._writer()
                 if not self.ckpt:
                     self._write_run_files(w)

@@ -34,6 +34,7 @@ from pathlib import Path
 from ...errors import ZooError
 from ...io.atomic import check_output_dir, replace_dir, write_json, write_text
 from ...io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, resolve_checkpoint_path, save_checkpoint
+from ...io.rundir import check_name
 from ...io.safetensors import load_file, save_file
 from ...nn.device import dtype_name, parse_dtype
 from ...nn.lora import merged_state_dict
@@ -168,7 +169,7 @@ def read_weights(src: Path) -> dict:
 # ---- import -------------------------------------------------------------------------------------
 
 def _safe_name(text: str) -> str:
-    return re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.") or "model"
+    return re.sub(r"\.{2,}", ".", re.sub(r"[^a-z0-9.-]+", "-", text.lower())).strip("-.") or "model"
 
 
 def spec_from_config(cfg: dict, name: str, block_size: int | None = None):
@@ -234,6 +235,8 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
               block_size: int | None = None, revision: str | None = None, force: bool = False) -> dict:
     """Import a Hugging Face checkpoint into run directory ``out``; returns its spec."""
     import torch
+    if name is not None:  # before a download: the name becomes the model's name in the run's manifest
+        check_name(name, "model name (--name)")
     src = resolve_source(source, revision)
     check_output_dir(out, force, inputs=[src])  # before reading anything: a refusal costs nothing
     cfg = read_config(src)
