@@ -1,4 +1,8 @@
-"""Errors a user can cause. The CLI prints their message (no traceback) and exits with code 2."""
+"""Errors a user can cause. The CLI prints their message (no traceback) and exits with code 2.
+
+A valid but ineffective combination (``--fsdp`` without torchrun) is a :class:`ZooWarning` instead:
+the work goes on, and the CLI prints ``zoo: warning: ...``."""
+import warnings
 
 
 class ZooError(Exception):
@@ -11,3 +15,12 @@ class ManifestError(ZooError):
 
 class PluginError(ZooError):
     """A plugin failed to load or register (raised only in --strict mode)."""
+
+
+class ZooWarning(UserWarning):
+    """A valid but ineffective choice of the user's: the work goes on."""
+
+
+def warn(message: str):
+    """Warn the user (the CLI prints ``zoo: warning: MESSAGE``)."""
+    warnings.warn(message, ZooWarning, stacklevel=2)

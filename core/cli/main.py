@@ -8,7 +8,7 @@ import argparse
 import sys
 import warnings
 
-from ..errors import ZooError
+from ..errors import ZooError, ZooWarning
 from ..plugin.registry import PluginWarning
 from ..spec.catalog import configure, get_registry
 from ..version import PLUGIN_API_VERSION, __version__
@@ -29,6 +29,16 @@ def build_parser():
     return p
 
 
+def _show_warning(other):
+    """The zoo's own warnings as one line, ``zoo: warning: ...``; anything else as Python shows it."""
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, (PluginWarning, ZooWarning)):
+            print(f"zoo: warning: {message}", file=sys.stderr)
+        else:
+            other(message, category, *args, **kwargs)
+    return show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,9 +49,10 @@ def main(argv=None) -> int:
         configure(args.manifest)
         with warnings.catch_warnings():
             warnings.simplefilter("always", PluginWarning)
-            warnings.showwarning = lambda m, c, *a, **k: print(f"zoo: warning: {m}", file=sys.stderr)
+            warnings.simplefilter("always", ZooWarning)
+            warnings.showwarning = _show_warning(warnings.showwarning)
             get_registry(strict=args.strict)
-        return args.fn(args) or 0
+            return args.fn(args) or 0
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
