@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import ZooError
 from ..io.atomic import write_json
-from .util import overrides, table
+from .util import overrides, table, whole_number
 
 
 def _fmt(x, unit=""):
@@ -113,21 +113,21 @@ def add_cli(sub):
     s.add_argument("--dtype", help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on CPU; with --cache, fp32)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model for the training step and "
                                                           "prefill (with --cache: the decode step)")
-    s.add_argument("--batch", type=int, help="training/prefill batch size (with --cache: sequences decoded, default 1)")
-    s.add_argument("--seq", type=int, help="sequence length (default: the preset's context)")
-    s.add_argument("--reps", type=int, default=5)
-    s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--decode-batch", type=int, default=8)
-    s.add_argument("--decode-tokens", type=int, default=32)
+    s.add_argument("--batch", type=whole_number, help="training/prefill batch size (with --cache: sequences decoded, default 1)")
+    s.add_argument("--seq", type=whole_number, help="sequence length (default: the preset's context)")
+    s.add_argument("--reps", type=whole_number, default=5)
+    s.add_argument("--warmup", type=whole_number, default=2)
+    s.add_argument("--decode-batch", type=whole_number, default=8)
+    s.add_argument("--decode-tokens", type=whole_number, default=32)
     s.add_argument("--components", action="store_true", help="also measure each component against its reference")
     s.add_argument("--cache", action="store_true", help="time decoding with the KV cache against recomputing the "
                                                         "whole context each step")
-    s.add_argument("--new-tokens", type=int, default=500, help="with --cache: tokens to decode (default 500)")
-    s.add_argument("--prompt-len", type=int, default=1, help="with --cache: prompt tokens (default 1)")
+    s.add_argument("--new-tokens", type=whole_number, default=500, help="with --cache: tokens to decode (default 500)")
+    s.add_argument("--prompt-len", type=whole_number, default=1, help="with --cache: prompt tokens (default 1)")
     s.add_argument("--only", choices=["cache", "recompute"], help="with --cache: time one decoder only")
     s.add_argument("--hf", action="store_true", help="with --cache: also time transformers' generate on the same "
                                                      "GPT-2 configuration (needs transformers)")
-    s.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a shared "
+    s.add_argument("--threads", type=whole_number, help="CPU threads for torch (default: torch's choice); on a shared "
                                                "machine 1 avoids stalls of an oversubscribed thread pool")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--vs", metavar="FILE", help="print ratios against an earlier --json result")

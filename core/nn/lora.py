@@ -26,12 +26,22 @@ TARGETS = tuple(SLOT_ATTR)  # the layer kinds whose linear layers may get adapte
 
 
 def lora_config(cfg: dict) -> dict:
+    if not isinstance(cfg, dict) or "r" not in cfg:
+        raise ZooError(f"a LoRA config is {{\"r\": rank, \"alpha\", \"targets\", \"dropout\"}}, not {cfg!r}.")
     out = {**DEFAULTS, **cfg}
-    bad = [t for t in out["targets"] if t not in TARGETS]
-    if bad or not out["targets"]:
+    targets = out["targets"]
+    bad = [t for t in targets if t not in TARGETS] if isinstance(targets, list) else [targets]
+    if bad or not targets:
         raise ZooError(f"unknown LoRA target(s) {bad}; choose from {', '.join(TARGETS)}.")
-    if int(out["r"]) < 1:
-        raise ZooError(f"LoRA rank r={out['r']} must be at least 1.")
+    r = out["r"]
+    if isinstance(r, float) and math.isfinite(r) and r.is_integer():
+        out["r"] = r = int(r)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ZooError(f"LoRA rank r={r!r} must be a whole number of at least 1.")
+    for k, ok, rng in (("alpha", lambda x: x > 0, "(0, infinity)"), ("dropout", lambda x: 0 <= x < 1, "[0, 1)")):
+        v = out[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ZooError(f"LoRA {k}={v!r} must be a number in {rng}.")
     return out
 
 
