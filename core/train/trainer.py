@@ -179,6 +179,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.ptdtype = parse_dtype(cfg.dtype, default=default_dtype(dev))
+        from ..perf.memory import check_training_memory  # a model that cannot fit is refused before it is built
+        check_training_memory(spec, reg, dev, cfg.batch_size, act_bytes=self.ptdtype.itemsize,
+                              shards=self.dist.world if self.dist.enabled and cfg.fsdp else 1,
+                              processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dev.type == "cpu" else 1)
         self.model = build_from_spec(spec, reg).to(dev)
         self.n_params = self.model.num_params()
         self.wrapped = self.model
