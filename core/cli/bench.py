@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from ..errors import ZooError
+from ..errors import ZooError, warn
 from ..io.atomic import write_json
 from .util import overrides, table, whole_number
 
@@ -62,14 +63,65 @@ def _spread(t):
     return f"{100 * (t['max'] - t['min']) / (2 * t['median']):.0f}%"
 
 
+# the smallest value of each integer option (None: not given, the default applies)
+MINIMA = {"batch": 1, "seq": 1, "reps": 1, "warmup": 0, "decode_batch": 1, "decode_tokens": 1, "new_tokens": 1,
+          "prompt_len": 1, "threads": 1}
+
+
+def check_args(args):
+    """Ranges, the --json path and the --vs file, before anything is measured."""
+    for k, lo in MINIMA.items():
+        v = getattr(args, k, None)
+        if v is not None and v < lo:
+            raise ZooError(f"--{k.replace('_', '-')} must be at least {lo}, not {v}.")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if not args.cache:
+        for flag, given in (("--set", args.set), ("--only", args.only), ("--hf", args.hf)):
+            if given:
+                warn(f"{flag} applies to zoo bench --cache only; it is ignored here.")
+    elif args.vs:
+        warn("--vs compares the table of zoo bench; with --cache it is ignored.")
+    return read_vs(args.vs) if args.vs and not args.cache else None
+
+
+def check_output_file(path, flag):
+    """A file the command will write at the end: its directory exists and is writable, and it is not a directory."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ZooError(f"{flag} {path!r} is a directory; give the path of a file to write.")
+    if not parent.is_dir():
+        raise ZooError(f"{flag} {path!r}: the directory {str(parent)!r} does not exist; create it or choose "
+                       f"another path (checked before measuring, so no run is wasted).")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ZooError(f"{flag} {path!r}: the directory {str(parent)!r} is not writable; choose another path.")
+
+
+def read_vs(path):
+    """An earlier ``zoo bench --json`` result: ``{"models": [{"model", "train_tokens_per_sec", ...}]}``."""
+    try:
+        vs = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ZooError(f"--vs {path!r} is not a text file; give a result written by zoo bench --json.") from None
+    except OSError as e:
+        raise ZooError(f"cannot read --vs {path!r}: {e.strerror or e}.") from None
+    except json.JSONDecodeError as e:
+        raise ZooError(f"--vs {path!r} is not valid JSON (line {e.lineno}: {e.msg}); give a result written by "
+                       f"zoo bench --json.") from None
+    models = vs.get("models") if isinstance(vs, dict) else None
+    if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("model"), str)
+            and isinstance(m.get("train_tokens_per_sec"), (int, float)) and m["train_tokens_per_sec"] > 0
+            for m in models):
+        raise ZooError(f"--vs {path!r} is not a zoo bench --json result (a \"models\" list with \"model\" and "
+                       f"\"train_tokens_per_sec\" for each); give a result written by zoo bench --json.")
+    return vs
+
+
 def cmd_bench(args):
     from ..perf.bench import run_bench
-    vs = None
-    if args.vs:
-        try:
-            vs = json.loads(Path(args.vs).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ZooError(f"cannot read --vs {args.vs!r}: {e}") from None
+    vs = check_args(args)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
