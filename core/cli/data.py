@@ -16,6 +16,13 @@ def cmd_prepare(args):
                        "--hf-config sample-10BT), not both and not neither.")
     if args.shard_tokens < 1:
         raise ZooError("--shard-tokens must be at least 1.")
+    if not 0 <= args.val_fraction < 1:  # also refuses nan
+        raise ZooError(f"--val-fraction must be in [0, 1), not {args.val_fraction}: it is the share of each text "
+                       f"file kept for validation, e.g. 0.1.")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ZooError(f"--max-tokens must be at least 1, not {args.max_tokens}.")
+    if args.val_tokens < 0:
+        raise ZooError(f"--val-tokens must be at least 0, not {args.val_tokens}.")
     if args.hf:
         tok = get_tokenizer(args.tokenizer or "gpt2")
         docs = hf_documents(args.hf, args.hf_config, args.hf_split, args.text_field)

@@ -91,7 +91,7 @@ def load_data(cfg: TrainConfig, tokenizer_cfg: dict | None = None):
             if want is None or want.config() != meta["tokenizer"]:
                 raise ZooError(f"the shards in {str(path)!r} were encoded with {meta['tokenizer'].get('type')} "
                                f"tokens, not {cfg.tokenizer!r}; drop --tokenizer or prepare the shards again.")
-        train, val = D.open_shards(path, "train"), D.open_shards(path, "val")
+        train, val = D.open_shards(path, "train", tok.vocab_size), D.open_shards(path, "val", tok.vocab_size)
         if not val:
             raise ZooError(f"the shards in {str(path)!r} have no validation split; prepare them with a "
                            f"validation share (--val-fraction or --val-tokens).")
