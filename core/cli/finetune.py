@@ -36,7 +36,7 @@ def cmd_finetune(args):
 def cmd_merge(args):
     from ..io.atomic import replace_dir, write_json
     from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, save_checkpoint
-    from ..nn.lora import merge_state_dict, merged_state_dict
+    from ..nn.lora import adapter_problems, lora_config, merge_state_dict, merged_state_dict
     from ..train.finetune import load_adapter
     ckpt = load_checkpoint(args.run)
     if args.adapter:  # adapters from a file, onto the base run given as RUN
@@ -47,6 +47,10 @@ def cmd_merge(args):
         missing = [k for k in ad if k[: k.rfind(".")] + ".weight" not in sd]
         if missing:
             raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r}: no weight for {missing[0]!r}.")
+        problems = adapter_problems({**sd, **ad}, lora_config(cfg))  # another model's adapter: shapes differ
+        if problems:
+            raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r} (was it made for another model?): "
+                           f"{problems[0]}" + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "") + ".")
         spec, merged = dict(ckpt["spec"]), merge_state_dict({**sd, **ad}, cfg)
     else:
         if not ckpt["spec"].get("lora"):
