@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ZooError
+from ..errors import ZooError, warn
 from ..io.atomic import check_output_file, write_json
-from .util import json_file_with, overrides, table
+from .util import json_file_with, overrides, table, whole_number
 
 
 def _fmt(x, unit=""):
@@ -62,18 +62,54 @@ def _spread(t):
     return f"{100 * (t['max'] - t['min']) / (2 * t['median']):.0f}%"
 
 
-def cmd_bench(args):
-    from ..perf.bench import run_bench
+# the smallest value of each integer option (None: not given, the default applies)
+MINIMA = {"batch": 1, "seq": 1, "reps": 1, "warmup": 0, "decode_batch": 1, "decode_tokens": 1, "new_tokens": 1,
+          "prompt_len": 1, "threads": 1}
+
+
+def check_args(args):
+    """Ranges, the --json path and the --vs file, before anything is measured."""
+    for k, lo in MINIMA.items():
+        v = getattr(args, k, None)
+        if v is not None and v < lo:
+            raise ZooError(f"--{k.replace('_', '-')} must be at least {lo}, not {v}.")
     if args.json:  # before measuring, so a bad path does not fail after the whole run
         check_output_file(args.json, args.force, inputs=[args.vs] if args.vs else (),
                           ours=json_file_with("environment") if not args.cache else json_file_with("new_tokens"),
                           what="--json file")
-    vs = None
-    if args.vs:
-        try:
-            vs = json.loads(Path(args.vs).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ZooError(f"cannot read --vs {args.vs!r}: {e}") from None
+    if not args.cache:
+        for flag, given in (("--set", args.set), ("--only", args.only), ("--hf", args.hf)):
+            if given:
+                warn(f"{flag} applies to zoo bench --cache only; it is ignored here.")
+    elif args.vs:
+        warn("--vs compares the table of zoo bench; with --cache it is ignored.")
+    return read_vs(args.vs) if args.vs and not args.cache else None
+
+
+def read_vs(path):
+    """An earlier ``zoo bench --json`` result: ``{"models": [{"model", "train_tokens_per_sec", ...}]}``."""
+    try:
+        vs = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ZooError(f"--vs {path!r} is not a text file; give a result written by zoo bench --json.") from None
+    except OSError as e:
+        raise ZooError(f"cannot read --vs {path!r}: {e.strerror or e}.") from None
+    except json.JSONDecodeError as e:
+        raise ZooError(f"--vs {path!r} is not valid JSON (line {e.lineno}: {e.msg}); give a result written by "
+                       f"zoo bench --json.") from None
+    models = vs.get("models") if isinstance(vs, dict) else None
+    if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("model"), str)
+            and isinstance(m.get("train_tokens_per_sec"), (int, float)) and m["train_tokens_per_sec"] > 0
+            for m in models):
+        raise ZooError(f"--vs {path!r} is not a zoo bench --json result (a \"models\" list with \"model\" and "
+                       f"\"train_tokens_per_sec\" for each); give a result written by zoo bench --json.")
+    return vs
+
+
+def cmd_bench(args):
+    from ..perf.bench import run_bench
+    vs = check_args(args)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -117,21 +153,21 @@ def add_cli(sub):
     s.add_argument("--dtype", help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on CPU; with --cache, fp32)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model for the training step and "
                                                           "prefill (with --cache: the decode step)")
-    s.add_argument("--batch", type=int, help="training/prefill batch size (with --cache: sequences decoded, default 1)")
-    s.add_argument("--seq", type=int, help="sequence length (default: the preset's context)")
-    s.add_argument("--reps", type=int, default=5)
-    s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--decode-batch", type=int, default=8)
-    s.add_argument("--decode-tokens", type=int, default=32)
+    s.add_argument("--batch", type=whole_number, help="training/prefill batch size (with --cache: sequences decoded, default 1)")
+    s.add_argument("--seq", type=whole_number, help="sequence length (default: the preset's context)")
+    s.add_argument("--reps", type=whole_number, default=5)
+    s.add_argument("--warmup", type=whole_number, default=2)
+    s.add_argument("--decode-batch", type=whole_number, default=8)
+    s.add_argument("--decode-tokens", type=whole_number, default=32)
     s.add_argument("--components", action="store_true", help="also measure each component against its reference")
     s.add_argument("--cache", action="store_true", help="time decoding with the KV cache against recomputing the "
                                                         "whole context each step")
-    s.add_argument("--new-tokens", type=int, default=500, help="with --cache: tokens to decode (default 500)")
-    s.add_argument("--prompt-len", type=int, default=1, help="with --cache: prompt tokens (default 1)")
+    s.add_argument("--new-tokens", type=whole_number, default=500, help="with --cache: tokens to decode (default 500)")
+    s.add_argument("--prompt-len", type=whole_number, default=1, help="with --cache: prompt tokens (default 1)")
     s.add_argument("--only", choices=["cache", "recompute"], help="with --cache: time one decoder only")
     s.add_argument("--hf", action="store_true", help="with --cache: also time transformers' generate on the same "
                                                      "GPT-2 configuration (needs transformers)")
-    s.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a shared "
+    s.add_argument("--threads", type=whole_number, help="CPU threads for torch (default: torch's choice); on a shared "
                                                "machine 1 avoids stalls of an oversubscribed thread pool")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--force", action="store_true", help="overwrite a --json file that zoo bench did not write")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ZooError
+from .util import whole_number
 
 
 def cmd_prepare(args):
@@ -15,6 +16,13 @@ def cmd_prepare(args):
                        "--hf-config sample-10BT), not both and not neither.")
     if args.shard_tokens < 1:
         raise ZooError("--shard-tokens must be at least 1.")
+    if not 0 <= args.val_fraction < 1:  # also refuses nan
+        raise ZooError(f"--val-fraction must be in [0, 1), not {args.val_fraction}: it is the share of each text "
+                       f"file kept for validation, e.g. 0.1.")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ZooError(f"--max-tokens must be at least 1, not {args.max_tokens}.")
+    if args.val_tokens < 0:
+        raise ZooError(f"--val-tokens must be at least 0, not {args.val_tokens}.")
     if args.hf:
         tok = get_tokenizer(args.tokenizer or "gpt2")
         docs = hf_documents(args.hf, args.hf_config, args.hf_split, args.text_field)
@@ -65,14 +73,14 @@ def add_cli(sub):
     p.add_argument("inputs", nargs="*", help="text files (each split 90/10 into train/val)")
     p.add_argument("--out", required=True, help="directory for the shards and meta.json")
     p.add_argument("--tokenizer", help="char, gpt2 (default) or a trained BPE file from `zoo tokenizer train`")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 1e8)")
-    p.add_argument("--max-tokens", type=int, help="stop after this many tokens in all")
+    p.add_argument("--shard-tokens", type=whole_number, default=100_000_000, help="tokens per shard (default 1e8)")
+    p.add_argument("--max-tokens", type=whole_number, help="stop after this many tokens in all")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of each text file for validation")
     p.add_argument("--hf", metavar="DATASET", help="a Hugging Face dataset to stream, e.g. HuggingFaceFW/fineweb-edu")
     p.add_argument("--hf-config", help="dataset config, e.g. sample-10BT")
     p.add_argument("--hf-split", default="train")
     p.add_argument("--text-field", default="text")
-    p.add_argument("--val-tokens", type=int, default=1_000_000,
+    p.add_argument("--val-tokens", type=whole_number, default=1_000_000,
                    help="with --hf: the first this many tokens go to validation")
     p.set_defaults(fn=cmd_prepare)
     s.set_defaults(fn=lambda a: (s.print_help(), 2)[1])
@@ -81,8 +89,8 @@ def add_cli(sub):
     tsub = s.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     p = tsub.add_parser("train", help="learn byte-level BPE merges from a text file")
     p.add_argument("--data", help="text file (default: the built-in tinyshakespeare)")
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--max-chars", type=int, help="train on only the first this many characters")
+    p.add_argument("--vocab-size", type=whole_number, default=1024)
+    p.add_argument("--max-chars", type=whole_number, help="train on only the first this many characters")
     p.add_argument("--out", required=True, help="where to save the tokenizer (JSON)")
     p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a tokenizer this "
                                                         "command wrote (never the corpus itself)")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import ZooError
 from ..version import __version__
+from .util import whole_number
 
 
 def cmd_finetune(args):
@@ -12,6 +13,8 @@ def cmd_finetune(args):
     from ..train.config import TrainConfig
     from ..train.finetune import FINETUNE_DEFAULTS, finetune
     lora = parse_lora(args.lora) if args.lora else None
+    if args.block_size is not None and args.block_size < 1:
+        raise ZooError(f"--block-size must be at least 1, not {args.block_size}.")
     base = dict(out=args.out, run_id=args.run_id, dataset=args.dataset, data=args.data, max_iters=args.max_iters,
                 batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr,
                 warmup=args.warmup, schedule=args.schedule, weight_decay=args.weight_decay,
@@ -33,7 +36,7 @@ def cmd_finetune(args):
 def cmd_merge(args):
     from ..io.atomic import check_output_dir, replace_dir, write_json
     from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, resolve_checkpoint_path, save_checkpoint
-    from ..nn.lora import merge_state_dict, merged_state_dict
+    from ..nn.lora import adapter_problems, lora_config, merge_state_dict, merged_state_dict
     from ..train.finetune import load_adapter
     inputs = [resolve_checkpoint_path(args.run).parent] + ([args.adapter] if args.adapter else [])
     check_output_dir(args.out, args.force, inputs)
@@ -46,6 +49,10 @@ def cmd_merge(args):
         missing = [k for k in ad if k[: k.rfind(".")] + ".weight" not in sd]
         if missing:
             raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r}: no weight for {missing[0]!r}.")
+        problems = adapter_problems({**sd, **ad}, lora_config(cfg))  # another model's adapter: shapes differ
+        if problems:
+            raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r} (was it made for another model?): "
+                           f"{problems[0]}" + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "") + ".")
         spec, merged = dict(ckpt["spec"]), merge_state_dict({**sd, **ad}, cfg)
     else:
         if not ckpt["spec"].get("lora"):
@@ -78,27 +85,27 @@ def add_cli(sub):
     s.add_argument("--data", help="a text file, or shards from zoo data prepare made with this run's tokenizer")
     s.add_argument("--dataset", help="built-in dataset (default: tinyshakespeare)")
     s.add_argument("--name", help="model name of the fine-tuned run (default: NAME-lora or NAME-ft)")
-    s.add_argument("--block-size", type=int, help="context length for training (default: the model's)")
+    s.add_argument("--block-size", type=whole_number, help="context length for training (default: the model's)")
     s.add_argument("--out", help="runs directory (default: runs)")
     s.add_argument("--run-id")
-    s.add_argument("--max-iters", type=int, help="default 200")
-    s.add_argument("--batch-size", type=int, help="default 4")
-    s.add_argument("--grad-accum", type=int, help="default 1")
+    s.add_argument("--max-iters", type=whole_number, help="default 200")
+    s.add_argument("--batch-size", type=whole_number, help="default 4")
+    s.add_argument("--grad-accum", type=whole_number, help="default 1")
     s.add_argument("--lr", type=float, help="default 3e-4 with LoRA, 3e-5 full")
     s.add_argument("--min-lr", type=float)
-    s.add_argument("--warmup", type=int, help="default 10")
+    s.add_argument("--warmup", type=whole_number, help="default 10")
     s.add_argument("--schedule", choices=["cosine", "wsd", "constant"])
     s.add_argument("--weight-decay", type=float)
-    s.add_argument("--eval-interval", type=int, help="default 50")
-    s.add_argument("--eval-iters", type=int, help="default 20")
-    s.add_argument("--log-interval", type=int)
-    s.add_argument("--ckpt-interval", type=int)
-    s.add_argument("--early-stop", type=int, metavar="N")
+    s.add_argument("--eval-interval", type=whole_number, help="default 50")
+    s.add_argument("--eval-iters", type=whole_number, help="default 20")
+    s.add_argument("--log-interval", type=whole_number)
+    s.add_argument("--ckpt-interval", type=whole_number)
+    s.add_argument("--early-stop", type=whole_number, metavar="N")
     s.add_argument("--device", default="auto")
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"])
     s.add_argument("--compile", action="store_true", default=None)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--sample-tokens", type=int)
+    s.add_argument("--seed", type=whole_number)
+    s.add_argument("--sample-tokens", type=whole_number)
     s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("lora", help="LoRA adapters: merge them into the weights")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ZooError
+from .util import whole_number
 
 
 def add_cli(subparsers):
@@ -16,14 +17,14 @@ def add_cli(subparsers):
     s.add_argument("--prompt", action="append", metavar="TEXT",
                    help="text to continue (repeat for several prompts; default: unconditional, from the "
                         "end-of-text token)")
-    s.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
+    s.add_argument("--max-new-tokens", type=whole_number, default=256, metavar="N")
     s.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default 1)")
-    s.add_argument("--top-k", type=int, help="sample among the k most likely tokens (1: greedy)")
+    s.add_argument("--top-k", type=whole_number, help="sample among the k most likely tokens (1: greedy)")
     s.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with this much probability, in (0, 1]")
     s.add_argument("--min-p", type=float, help="drop tokens below this fraction of the top token's probability")
     s.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already present")
-    s.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt, in one batch")
-    s.add_argument("--seed", type=int, help="random seed; the same seed gives the same text on the same device")
+    s.add_argument("--num-samples", type=whole_number, default=1, metavar="N", help="samples per prompt, in one batch")
+    s.add_argument("--seed", type=whole_number, help="random seed; the same seed gives the same text on the same device")
     s.add_argument("--stop", action="append", metavar="TEXT", help="end a sample before this text (repeatable)")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     s.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32)")

@@ -22,8 +22,13 @@ def _comp(spec, kind):
 
 
 def param_count(spec, reg):
-    from ..nn.transformer import param_count as count
-    return count(spec, reg)
+    from ..perf.memory import count_params
+    n = count_params(spec, reg)
+    if n is None:
+        raise ZooError(f"model {spec['name']!r} is too large for torch to describe: a weight would hold more than "
+                       f"2**63 bytes (d_model={spec['d_model']:,}, vocab_size={spec['vocab_size']:,}). Choose "
+                       f"smaller sizes.")
+    return n
 
 
 def cmd_list(args):

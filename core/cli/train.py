@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ZooError
-from .util import fmt_params, overrides, table
+from .util import fmt_params, overrides, table, whole_number
 
 
 def f_(x, fmt):
@@ -62,32 +62,32 @@ def add_cli(sub):
     s.add_argument("--dataset", help="built-in dataset (default: tinyshakespeare)")
     s.add_argument("--data", help="a text file, a directory holding tinyshakespeare.txt, or shards from `zoo data prepare`")
     s.add_argument("--tokenizer", help="char (default for text), gpt2, or a file from `zoo tokenizer train`")
-    s.add_argument("--max-iters", type=int)
-    s.add_argument("--batch-size", type=int, help="sequences per rank per micro-step")
-    s.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step")
+    s.add_argument("--max-iters", type=whole_number)
+    s.add_argument("--batch-size", type=whole_number, help="sequences per rank per micro-step")
+    s.add_argument("--grad-accum", type=whole_number, help="micro-steps per optimizer step")
     s.add_argument("--lr", type=float)
     s.add_argument("--min-lr", type=float)
-    s.add_argument("--warmup", type=int)
+    s.add_argument("--warmup", type=whole_number)
     s.add_argument("--schedule", choices=["cosine", "wsd", "constant"])
     s.add_argument("--weight-decay", type=float)
     s.add_argument("--beta2", type=float)
     s.add_argument("--grad-clip", type=float, help="0 turns clipping off")
-    s.add_argument("--eval-interval", type=int)
-    s.add_argument("--eval-iters", type=int, help="fixed validation batches per evaluation")
-    s.add_argument("--log-interval", type=int)
-    s.add_argument("--ckpt-interval", type=int, help="steps between checkpoints (default: every evaluation)")
-    s.add_argument("--early-stop", type=int, metavar="N", help="stop after N evaluations without improvement")
+    s.add_argument("--eval-interval", type=whole_number)
+    s.add_argument("--eval-iters", type=whole_number, help="fixed validation batches per evaluation")
+    s.add_argument("--log-interval", type=whole_number)
+    s.add_argument("--ckpt-interval", type=whole_number, help="steps between checkpoints (default: every evaluation)")
+    s.add_argument("--early-stop", type=whole_number, metavar="N", help="stop after N evaluations without improvement")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on GPUs, fp32 on CPU")
     s.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--seed", type=whole_number)
     s.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard with FSDP2 instead of DDP")
-    s.add_argument("--sample-tokens", type=int, help="tokens of the text sample at each evaluation (0: none)")
+    s.add_argument("--sample-tokens", type=whole_number, help="tokens of the text sample at each evaluation (0: none)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("tensorboard", help="open the runs in TensorBoard")
     s.add_argument("--out", default="runs", help="runs directory (default: runs)")
-    s.add_argument("--port", type=int, default=6006)
+    s.add_argument("--port", type=whole_number, default=6006)
     s.add_argument("--print", action="store_true", help="only print the command")
     s.set_defaults(fn=cmd_tensorboard)
 

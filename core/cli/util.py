@@ -1,9 +1,27 @@
-"""What the commands share: tables, sizes, ``--set`` overrides, and recognising files the zoo wrote."""
+"""What the commands share: tables, sizes, whole-number flags, ``--set`` overrides, and recognising
+files the zoo wrote."""
 from __future__ import annotations
 
+import argparse
 import json
+import math
 
 from ..spec.manifest import parse_override
+
+
+def whole_number(text: str) -> int:
+    """The ``type`` of an integer flag: ``64``, and a float that is a whole number (``1e3``, ``64.0``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(x)
 
 
 def fmt_params(n: int) -> str:

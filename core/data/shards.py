@@ -99,30 +99,74 @@ def prepare_shards(out, tokenizer, texts_train=(), texts_val=(), documents=None,
     return meta
 
 
+DTYPES = ("uint16", "uint32")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def meta_problem(meta) -> str | None:
+    """What is wrong with the structure of a shard ``meta.json`` (None if nothing)."""
+    if not isinstance(meta, dict):
+        return "it is not a JSON object"
+    if meta.get("format") != "zoo-shards-1":
+        return f"its format is {meta.get('format')!r}, not 'zoo-shards-1'"
+    if meta.get("dtype") not in DTYPES:
+        return f"its dtype is {meta.get('dtype')!r}, not one of {', '.join(DTYPES)}"
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("type"), str):
+        return "it has no tokenizer config (\"tokenizer\": {\"type\": ...})"
+    if "vocab_size" in meta and not (_is_count(meta["vocab_size"]) and meta["vocab_size"] > 0):
+        return f"its vocab_size is {meta['vocab_size']!r}, not a positive whole number"
+    shards = meta.get("shards")
+    if not isinstance(shards, dict) or not isinstance(shards.get("train"), list):
+        return "it has no \"shards\" with a \"train\" list"
+    for split, entries in shards.items():
+        if not isinstance(entries, list):
+            return f"shards.{split} is not a list"
+        for i, e in enumerate(entries):
+            if not (isinstance(e, dict) and isinstance(e.get("file"), str) and e["file"] and _is_count(e.get("tokens"))):
+                return f"shards.{split}[{i}] is not {{\"file\": NAME, \"tokens\": COUNT}}"
+    return None
+
+
 def load_meta(directory) -> dict:
     p = Path(directory) / META
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
         raise ZooError(f"cannot read shard metadata {str(p)!r} ({type(e).__name__}); re-run `zoo data prepare`.") from None
-    if meta.get("format") != "zoo-shards-1":
-        raise ZooError(f"{str(p)!r} is not zoo shard metadata (format {meta.get('format')!r}).")
+    problem = meta_problem(meta)
+    if problem:
+        raise ZooError(f"{str(p)!r} is not zoo shard metadata: {problem}. Re-run `zoo data prepare`.")
     return meta
 
 
-def open_shards(directory, split: str):
-    """The memory-mapped token arrays of one split (np.memmap, read-only)."""
+def open_shards(directory, split: str, vocab_size: int | None = None):
+    """The memory-mapped token arrays of one split (np.memmap, read-only). Every id must be below
+    ``vocab_size`` (default: the metadata's): each shard's largest id is computed once on the memmap (one
+    pass over the file), so ids a model has no embedding for are an error here, not an IndexError in
+    training."""
     import numpy as np
     meta = load_meta(directory)
+    limit = vocab_size or meta.get("vocab_size")
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     arrays = []
     for s in meta["shards"].get(split, []):
         path = Path(directory) / s["file"]
-        expected = s["tokens"] * np.dtype(meta["dtype"]).itemsize
+        expected = s["tokens"] * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
             raise ZooError(f"shard {str(path)!r} is missing or has the wrong size (expected {expected} bytes); "
                            f"re-run `zoo data prepare`.")
         if s["tokens"]:
-            arrays.append(np.memmap(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r"))
+            arr = np.memmap(path, dtype=dtype, mode="r")
+            top = int(arr.max())
+            if limit is not None and top >= limit:
+                raise ZooError(f"shard {str(path)!r} holds token id {top}, but the vocabulary has {limit} tokens "
+                               f"(ids 0 to {limit - 1}): the shards were not made with this tokenizer. Prepare them "
+                               f"again with `zoo data prepare --tokenizer ...`.")
+            arrays.append(arr)
     return arrays
 
 

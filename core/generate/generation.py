@@ -55,6 +55,32 @@ def supports_cache(model) -> bool:
     return all(callable(getattr(b.attn, "new_cache", None)) for b in model.blocks)
 
 
+def check_memory(model, batch: int, longest_prompt: int, max_new_tokens: int, use_cache=True, compile=False):
+    """Refuse (a ``ZooError`` with the figures) a generation whose cache, token ids and logits would not
+    fit in the memory left on the model's device, before any of it is allocated."""
+    from ..nn.memory import available_bytes, device_words, fmt_bytes, generation_bytes
+    from ..spec.catalog import get_registry
+    m = _unwrap(model)
+    window, bounded = context_window(m)
+    total = min(longest_prompt, window) + max_new_tokens
+    positions = min(total, window) if bounded else total
+    cached = use_cache and supports_cache(m)
+    cache_len = (window if compile else min(total, window)) if cached else None
+    w = m.wte.weight
+    need = generation_bytes(m.spec, get_registry(), batch, positions, cache_len, w.element_size())
+    have = available_bytes(w.device)
+    if have is None or need["total"] <= have:
+        return need
+    weights = sum(p.numel() * p.element_size() for p in m.parameters())
+    cache = (f"a KV cache of {fmt_bytes(need['cache'])} ({need['cache_per_token']:,} bytes per token x {batch:,} "
+             f"sequences x {cache_len:,} positions) and " if cached else "")
+    raise ZooError(f"generating {batch:,} sequence(s) of up to {positions:,} tokens needs about "
+                   f"{fmt_bytes(need['total'])} beyond the model's {fmt_bytes(weights)} of weights: {cache}"
+                   f"{fmt_bytes(need['ids'] + need['vocab'])} for token ids and logits; {device_words(w.device)} "
+                   f"has {fmt_bytes(have)} available. Generate fewer samples (--num-samples, --prompt) or fewer "
+                   f"tokens (--max-new-tokens).")
+
+
 class Generation:
     """Token-by-token generation for a batch of prompts; iterate to run it.
 
@@ -95,7 +121,13 @@ class Generation:
         self.eot = eot
         self.use_cache = bool(use_cache) and supports_cache(self.model)
         self.compile = compile if (compile and self.use_cache) else False  # True, or torch.compile options
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not -2 ** 63 <= seed < 2 ** 64):
+            raise ZooError(f"seed must be a whole number from -2**63 to 2**64 - 1 (what torch.Generator takes), "
+                           f"not {seed!r}.")
         self.seed = seed
+        check_memory(self.model, len(prompts), max(map(len, self.fed)), self.max_new_tokens, self.use_cache,
+                     bool(self.compile))
         self.tokens = [[] for _ in prompts]
         self.stop_reason = [None] * len(prompts)
         self.steps = 0

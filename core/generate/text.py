@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import ZooError
-from .generation import Generation, generate
+from .generation import Generation, check_memory, generate
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
@@ -75,10 +75,13 @@ def stream_text(model, tokenizer, prompts, max_new_tokens=256, *, num_samples=1,
     ``j * num_samples + s`` is the s-th sample of prompt j."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    if num_samples < 1:
-        raise ZooError(f"num-samples must be at least 1, got {num_samples}.")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ZooError(f"num-samples must be a whole number of at least 1, got {num_samples!r}.")
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    if encoded and isinstance(max_new_tokens, int) and max_new_tokens >= 0:  # before the batch is built
+        check_memory(model, len(prompts) * num_samples, max(map(len, encoded)), max_new_tokens, use_cache, compile)
     texts = [p for p in prompts for _ in range(num_samples)]
-    ids = [encode_prompt(tokenizer, p) for p in texts]
+    ids = [e for e in encoded for _ in range(num_samples)]
     g = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                  repetition_penalty=repetition_penalty, seed=seed, eot=getattr(tokenizer, "eot", None),
                  vocab_size=tokenizer.vocab_size, use_cache=use_cache, compile=compile)

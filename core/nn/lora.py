@@ -26,12 +26,22 @@ TARGETS = tuple(SLOT_ATTR)  # the layer kinds whose linear layers may get adapte
 
 
 def lora_config(cfg: dict) -> dict:
+    if not isinstance(cfg, dict) or "r" not in cfg:
+        raise ZooError(f"a LoRA config is {{\"r\": rank, \"alpha\", \"targets\", \"dropout\"}}, not {cfg!r}.")
     out = {**DEFAULTS, **cfg}
-    bad = [t for t in out["targets"] if t not in TARGETS]
-    if bad or not out["targets"]:
+    targets = out["targets"]
+    bad = [t for t in targets if t not in TARGETS] if isinstance(targets, list) else [targets]
+    if bad or not targets:
         raise ZooError(f"unknown LoRA target(s) {bad}; choose from {', '.join(TARGETS)}.")
-    if int(out["r"]) < 1:
-        raise ZooError(f"LoRA rank r={out['r']} must be at least 1.")
+    r = out["r"]
+    if isinstance(r, float) and math.isfinite(r) and r.is_integer():
+        out["r"] = r = int(r)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ZooError(f"LoRA rank r={r!r} must be a whole number of at least 1.")
+    for k, ok, rng in (("alpha", lambda x: x > 0, "(0, infinity)"), ("dropout", lambda x: 0 <= x < 1, "[0, 1)")):
+        v = out[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ZooError(f"LoRA {k}={v!r} must be a number in {rng}.")
     return out
 
 
@@ -127,9 +137,34 @@ def is_adapter_key(k: str) -> bool:
     return k.endswith(".lora_A") or k.endswith(".lora_B")
 
 
+def adapter_problems(sd: dict, cfg: dict) -> list[str]:
+    """What keeps the adapters in ``sd`` from folding into its weights: for each ``X.lora_A`` (r, in) a
+    ``X.lora_B`` (out, r) and a 2-d weight ``X.weight`` (out, in), with r the config's rank."""
+    out = []
+    for k in sorted(k for k in sd if is_adapter_key(k)):
+        base = k[: k.rfind(".") + 1]
+        w, a, b = sd.get(base + "weight"), sd.get(base + "lora_A"), sd.get(base + "lora_B")
+        if k.endswith(".lora_B") and a is not None:
+            continue  # checked with its lora_A
+        if w is None or getattr(w, "dim", lambda: 0)() != 2:
+            out.append(f"no 2-d weight {base + 'weight'!r} for {k!r}")
+        elif a is None or b is None:
+            out.append(f"{k!r} has no {'lora_A' if a is None else 'lora_B'} beside it")
+        elif (a.dim(), b.dim()) != (2, 2) or a.shape[1] != w.shape[1] or b.shape[0] != w.shape[0] \
+                or a.shape[0] != cfg["r"] or b.shape[1] != cfg["r"]:
+            out.append(f"{base}lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not fit the weight "
+                       f"{tuple(w.shape)} at rank {cfg['r']} (they need ({cfg['r']}, {w.shape[1]}) and "
+                       f"({w.shape[0]}, {cfg['r']}))")
+    return out
+
+
 def merge_state_dict(sd: dict, cfg: dict) -> dict:
     """A state dict with every adapter folded into its weight, W + (alpha / r) B A, and removed."""
     cfg = lora_config(cfg)
+    problems = adapter_problems(sd, cfg)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ZooError(f"the LoRA adapters do not fit the weights: {problems[0]}{more}.")
     scale = cfg["alpha"] / cfg["r"]
     out = {k: v for k, v in sd.items() if not is_adapter_key(k)}
     for k in sd:

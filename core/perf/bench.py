@@ -32,6 +32,7 @@ from ..plugin.contract import Dims
 from ..spec.catalog import get_registry
 from ..spec.resolve import fill_defaults, resolve_spec
 from .flops import model_flops_per_token
+from .memory import check_training_memory
 from .peaks import datasheet_peak, measured_matmul_peak
 from .timing import time_fn
 
@@ -198,9 +199,11 @@ def run_bench(names, preset="tiny", device=None, dtype=None, compile_=False, bat
         torch.backends.cudnn.allow_tf32 = True
     reg = get_registry()
     names = names or reg.list_models()
-    for n in names:
-        resolve_spec(reg, n, preset)  # validate every name before measuring anything
     batch = batch or (8 if device.type == "cuda" else 4)
+    for n in names:  # validate every name, and that it fits, before measuring anything
+        spec = resolve_spec(reg, n, preset, {"block_size": max(seq + decode_tokens, 1)} if seq else None)
+        check_training_memory(spec, reg, device, batch, seq, act_bytes=dt.itemsize, what="measuring",
+                              fix="Choose a smaller --preset, --batch or --seq.")
     peak_measured = measured_matmul_peak(device, dt)
     peak_sheet = datasheet_peak(device) if dt == torch.bfloat16 else None
     results = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from functools import lru_cache
 from importlib.resources import files
@@ -39,7 +40,43 @@ def _path(error, prefix="") -> str:
     return ".".join(parts) or "(top level)"
 
 
+def whole_numbers(schema: dict, instance, root: dict | None = None):
+    """Where ``schema`` expects an integer, turn a float that is a whole number (``1e3``, ``64.0``: JSON
+    Schema counts them as integers) into that int, in place; returns the instance (a bare number is
+    returned converted). Local ``$ref``s, ``properties``, ``additionalProperties``, ``items`` and the
+    ``anyOf``/``oneOf``/``allOf`` branches are followed."""
+    root = root if root is not None else schema
+    if not isinstance(schema, dict):
+        return instance
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        node = root
+        for part in ref[2:].split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        instance = whole_numbers(node, instance, root)
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else types or []
+    if ("integer" in types and "number" not in types and isinstance(instance, float)
+            and math.isfinite(instance) and instance.is_integer()):
+        return int(instance)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key, []) or []:
+            instance = whole_numbers(sub, instance, root)
+    if isinstance(instance, dict):
+        props = schema.get("properties", {}) or {}
+        extra = schema.get("additionalProperties")
+        for k in list(instance):
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                instance[k] = whole_numbers(sub, instance[k], root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(instance):
+            instance[i] = whole_numbers(schema["items"], v, root)
+    return instance
+
+
 def _schema_error(validator, instance, where: str, prefix: str, fix: str):
+    whole_numbers(validator.schema, instance)  # 64.0 where an integer is expected is 64
     err = best_match(validator.iter_errors(instance))
     if err is None:
         return
@@ -59,16 +96,42 @@ def load_manifest_file(path) -> dict:
     """Read and validate (pass 1) a user manifest file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_finite(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ManifestError(f"manifest file {str(path)!r} does not exist. Check the path given to "
                             f"--manifest or ZOO_MANIFEST.") from None
+    except IsADirectoryError:
+        raise ManifestError(f"manifest {str(path)!r} is a directory; give the path of a zoo.json-style file "
+                            f"to --manifest or ZOO_MANIFEST.") from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"manifest file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}): "
+                            f"a manifest is a JSON file like zoo.json.") from None
+    except OSError as e:
+        raise ManifestError(f"cannot read manifest file {str(path)!r}: {e.strerror or e}.") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"manifest file {str(path)!r} is not valid JSON: line {e.lineno}, column "
                             f"{e.colno}: {e.msg}. Fix the JSON syntax.") from None
+    except ValueError as e:  # NaN or Infinity (see _no_constant)
+        raise ManifestError(f"manifest file {str(path)!r}: {e}.") from None
     _schema_error(_validator(None), data, f"manifest {str(path)!r}", "",
                   "Fix the manifest; see core/spec/schema/manifest.schema.json for the allowed keys.")
     return data
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number a manifest can hold; write a finite number")
+
+
+def _finite(text):
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"{text} is too large to be a number; write a finite one")
+    return x
+
+
+def loads_finite(text: str):
+    """``json.loads`` refusing NaN, Infinity and numbers too large for a float (ValueError)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def user_manifest_paths(extra=()):
@@ -133,9 +196,11 @@ def parse_override(text: str):
     if not key:
         raise ManifestError(f"malformed override {text!r}: the key before '=' is empty.")
     try:
-        value = json.loads(raw)
+        value = loads_finite(raw)
     except json.JSONDecodeError:
         value = raw
+    except ValueError as e:  # NaN, Infinity, 1e999
+        raise ManifestError(f"override {text!r}: {e}.") from None
     return key, value
 
 

@@ -21,15 +21,20 @@ __all__ = ["CharTokenizer", "TiktokenTokenizer", "BPETokenizer", "HFTokenizer", 
 
 
 def from_config(cfg: dict):
-    t = cfg.get("type")
-    if t == "char":
-        return CharTokenizer(cfg["chars"])
-    if t == "tiktoken":
-        return TiktokenTokenizer(cfg.get("encoding", "gpt2"))
-    if t == "bpe":
-        return BPETokenizer.from_config(cfg)
-    if t == "hf":  # a Hugging Face tokenizer.json of an imported model (zoo import hf)
-        return HFTokenizer(cfg)
+    t = cfg.get("type") if isinstance(cfg, dict) else None
+    try:
+        if t == "char":
+            if not isinstance(cfg["chars"], str) or not cfg["chars"]:
+                raise TypeError("chars must be a non-empty string")
+            return CharTokenizer(cfg["chars"])
+        if t == "tiktoken":
+            return TiktokenTokenizer(cfg.get("encoding", "gpt2"))
+        if t == "bpe":
+            return BPETokenizer.from_config(cfg)
+        if t == "hf":  # a Hugging Face tokenizer.json of an imported model (zoo import hf)
+            return HFTokenizer(cfg)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ZooError(f"the {t} tokenizer config is malformed ({type(e).__name__}: {e}).") from None
     raise ZooError(f"unknown tokenizer type {t!r} in tokenizer config; known: char, tiktoken, bpe, hf.")
 
 

@@ -10,9 +10,11 @@ nanoGPT's rates end at val loss 1.899 and 1.886 (two seeds), short of the 1.88 n
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field, fields
 
-from ..errors import ZooError
+from ..errors import ZooError, warn
 
 # what a recipe does not set (a field's own default)
 BASE = dict(grad_accum=1, schedule="cosine", decay_frac=0.2, weight_decay=0.1, beta1=0.9, grad_clip=1.0,
@@ -20,6 +22,19 @@ BASE = dict(grad_accum=1, schedule="cosine", decay_frac=0.2, weight_decay=0.1, b
 # for a preset without a "train" recipe: the baby recipe's numbers (minutes on a CPU)
 DEFAULT_RECIPE = dict(max_iters=2000, batch_size=12, lr=2e-3, min_lr=2e-4, warmup=100, beta2=0.99,
                       eval_interval=250, eval_iters=100)
+
+
+# the range of each numeric option: integers (at least this), numbers (lo, lo excluded, hi, hi excluded)
+INT_RANGES = dict(max_iters=1, batch_size=1, grad_accum=1, eval_interval=1, eval_iters=1, log_interval=1,
+                  ckpt_interval=1, warmup=0, early_stop=0, sample_tokens=0, seed=0)
+SEED_MAX = 2 ** 32 - 1
+FLOAT_RANGES = dict(lr=(0, False, None, False), min_lr=(0, False, None, False),
+                    weight_decay=(0, False, None, False), grad_clip=(0, False, None, False),
+                    beta1=(0, False, 1, True), beta2=(0, False, 1, True), decay_frac=(0, True, 1, False))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def recipe_of(reg, preset: str):
@@ -68,21 +83,50 @@ class TrainConfig:
 
     def fill(self, recipe: dict | None):
         """Fill every unset field from the preset's training recipe (the ``train`` field of a preset in
-        zoo.json), or from :data:`DEFAULT_RECIPE` for a preset that carries none; what neither sets
-        takes :data:`BASE`."""
-        recipe = {**BASE, **(DEFAULT_RECIPE if recipe is None else recipe)}
+        zoo.json), or from :data:`DEFAULT_RECIPE` for a preset that carries none (or what a partial
+        recipe leaves out); what neither sets takes :data:`BASE`. Then :meth:`check` the ranges."""
+        recipe = {**BASE, **DEFAULT_RECIPE, **(recipe or {})}
         for k, v in recipe.items():
             if getattr(self, k, None) is None:
                 setattr(self, k, v)
         if self.ckpt_interval is None:
             self.ckpt_interval = self.eval_interval
-        for k in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
-            if getattr(self, k) < 1:
-                raise ZooError(f"--{k.replace('_', '-')} must be at least 1, not {getattr(self, k)}.")
+        self.check()
+        return self
+
+    def check(self):
+        """Every option within its range (a ``ZooError`` naming the option and the range), whole floats
+        as ints (``1e3`` is 1000); warnings for valid choices that have no effect."""
+        for k, lo in INT_RANGES.items():
+            v = getattr(self, k)
+            if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+                v = int(v)
+                setattr(self, k, v)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ZooError(f"{_flag(k)} must be a whole number, not {v!r}.")
+            hi = SEED_MAX if k == "seed" else None
+            if v < lo or (hi is not None and v > hi):
+                rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+                raise ZooError(f"{_flag(k)} must be {rng}, not {v}.")
+        for k, (lo, lo_open, hi, hi_open) in FLOAT_RANGES.items():
+            v = getattr(self, k)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+            if not ok:
+                rng = (("(" if lo_open else "[") + f"{lo:g}, " + (f"{hi:g}" + (")" if hi_open else "]")
+                                                                   if hi is not None else "infinity)"))
+                raise ZooError(f"{_flag(k)} must be a number in {rng}, not {v!r}.")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ZooError(f"unknown schedule {self.schedule!r}; choose cosine, wsd or constant.")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ZooError(f"unknown dtype {self.dtype!r}; choose auto, float32 or bfloat16.")
+        if self.lr == 0:
+            warn("--lr 0: the weights will not change during this run.")
+        elif self.min_lr > self.lr and self.schedule != "constant":
+            warn(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the learning rate will rise as it decays.")
+        if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            warn("--fsdp shards the model over the processes of torchrun; in a single process it has no effect "
+                 "(run: torchrun --nproc_per_node N -m zoo train ... --fsdp).")
         return self
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..io.rundir import (RunLock, check_name, check_writable, create_run_dir, ne
 from ..nn.device import default_dtype, parse_dtype
 from ..nn.transformer import build_from_spec
 from ..perf.flops import model_flops_per_token
+from ..perf.memory import check_training_memory
 from ..perf.peaks import datasheet_peak
 from ..spec.catalog import get_registry
 from ..spec.manifest import resolve_entry
@@ -115,7 +117,7 @@ def load_data(cfg: TrainConfig, tokenizer_cfg: dict | None = None):
             if want is None or want.config() != meta["tokenizer"]:
                 raise ZooError(f"the shards in {str(path)!r} were encoded with {meta['tokenizer'].get('type')} "
                                f"tokens, not {cfg.tokenizer!r}; drop --tokenizer or prepare the shards again.")
-        train, val = D.open_shards(path, "train"), D.open_shards(path, "val")
+        train, val = D.open_shards(path, "train", tok.vocab_size), D.open_shards(path, "val", tok.vocab_size)
         if not val:
             raise ZooError(f"the shards in {str(path)!r} have no validation split; prepare them with a "
                            f"validation share (--val-fraction or --val-tokens).")
@@ -257,6 +259,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.ptdtype = parse_dtype(cfg.dtype, default=default_dtype(dev))
+        check_training_memory(  # a model that cannot fit is refused before it is built
+            spec, reg, dev, cfg.batch_size, act_bytes=self.ptdtype.itemsize,
+            shards=self.dist.world if self.dist.enabled and cfg.fsdp else 1,
+            processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dev.type == "cpu" else 1)
         self.model = build_from_spec(spec, reg).to(dev)
         self.n_params = self.model.num_params()
         self.wrapped = self.model

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -121,14 +122,43 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
     return Path(path)
 
 
+# config.json keys that hold whole numbers (sizes, counts, token ids), at the top level or in
+# rope_scaling / rope_parameters; a config may write them as floats (64.0)
+INT_KEYS = {"vocab_size", "n_embd", "n_layer", "n_head", "n_positions", "n_inner", "n_ctx", "hidden_size",
+            "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "max_position_embeddings", "head_dim", "sliding_window", "num_local_experts", "num_experts_per_tok",
+            "n_routed_experts", "n_shared_experts", "moe_intermediate_size", "first_k_dense_replace",
+            "moe_layer_freq", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
+            "n_group", "topk_group", "original_max_position_embeddings", "bos_token_id", "eos_token_id",
+            "pad_token_id"}
+
+
+def _whole_numbers(cfg: dict, where: str) -> dict:
+    """``64.0`` -> ``64`` for the keys in :data:`INT_KEYS`; a fraction there is an error."""
+    for k, v in cfg.items():
+        if isinstance(v, dict) and k in ("rope_scaling", "rope_parameters"):
+            _whole_numbers(v, f"{where}: {k}")
+        elif k in INT_KEYS and isinstance(v, float):
+            if not (math.isfinite(v) and v.is_integer()):
+                raise ZooError(f"{where}: {k} is {v}, but it must be a whole number. Fix the config.")
+            cfg[k] = int(v)
+        elif k in INT_KEYS and isinstance(v, list):
+            cfg[k] = [int(x) if isinstance(x, float) and math.isfinite(x) and x.is_integer() else x for x in v]
+    return cfg
+
+
 def read_config(src: Path) -> dict:
     try:
         cfg = json.loads((src / CONFIG).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ZooError(f"{str(src / CONFIG)!r} is not valid JSON (line {e.lineno}: {e.msg}).") from None
+    except UnicodeDecodeError as e:
+        raise ZooError(f"{str(src / CONFIG)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    except OSError as e:
+        raise ZooError(f"cannot read {str(src / CONFIG)!r}: {e.strerror or e}.") from None
     if not isinstance(cfg, dict):
         raise ZooError(f"{str(src / CONFIG)!r} is not a JSON object.")
-    return cfg
+    return _whole_numbers(cfg, repr(str(src / CONFIG)))
 
 
 def read_weights(src: Path) -> dict:

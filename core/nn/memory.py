@@ -1,0 +1,88 @@
+"""How much memory there is, and what generation needs, so that a run too large for the machine is
+refused with figures before anything is allocated (instead of an out-of-memory kill or a traceback).
+
+The training estimate is :mod:`zoo.perf.memory`; this module sits below the generator, which uses
+:func:`generation_bytes`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .cache import kv_cache_bytes_per_token
+
+
+def fmt_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit, size in (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_available() -> int | None:
+    """What a container's memory limit leaves (cgroup v2, then v1), or None without a limit."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit, encoding="ascii") as f:
+                text = f.read().strip()
+            if text == "max":
+                return None
+            with open(usage, encoding="ascii") as f:
+                used = int(f.read().strip())
+            lim = int(text)
+            return None if lim >= 2 ** 60 else max(0, lim - used)  # v1 writes a huge number for no limit
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_bytes(device) -> int | None:
+    """Free memory on ``device``: ``torch.cuda.mem_get_info`` on a GPU; on the CPU the kernel's
+    MemAvailable (or ``os.sysconf``), within a container's memory limit. None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if dev.type != "cpu":
+        return None
+    known = [n for n in (_meminfo_available(), _cgroup_available()) if n is not None]
+    return min(known) if known else None
+
+
+def device_words(device) -> str:
+    dev = torch.device(device)
+    return "the GPU" if dev.type == "cuda" else "this machine"
+
+
+def generation_bytes(spec: dict, reg, batch: int, positions: int, cache_len: int | None, dtype_bytes: int) -> dict:
+    """What decoding ``batch`` sequences of up to ``positions`` tokens allocates beyond the weights: the
+    KV cache of ``cache_len`` slots per sequence (None: no cache, the context is recomputed), the token
+    ids and prompt mask (int64 + bool per position), and per step the vocabulary-sized rows (logits,
+    probabilities, sampling's sorted copies in float32, the repetition mask)."""
+    per_token = kv_cache_bytes_per_token(spec, reg, dtype_bytes) if cache_len else None
+    if cache_len and per_token is None:  # an attention that does not report its cache: keys and values
+        per_token = 2 * spec["d_model"] * spec["n_layers"] * dtype_bytes
+    cache = (per_token or 0) * batch * (cache_len or 0)
+    ids = batch * positions * 9
+    vocab = batch * spec["vocab_size"] * (1 + 4 * 6)
+    return {"cache": cache, "cache_per_token": per_token or 0, "ids": ids, "vocab": vocab,
+            "total": cache + ids + vocab}
