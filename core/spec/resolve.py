@@ -59,11 +59,30 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
         for kind in LAYER_KINDS:
             if kind in override:
                 override[kind] = _resolve_component(reg, name, kind, override[kind], f"layers[{i}].{kind}")
+    where = _too_large(spec)
+    if where:
+        raise ManifestError(f"model {name!r} (preset {preset!r}): at {where[0]}: {where[1]} is larger than any size "
+                            f"a tensor can have (2**63 - 1). Fix the entry or the override.")
     # pass 3: cross-field constraints
     problems = cross_field_problems(reg, spec)
     if problems:
         raise ManifestError(f"model {name!r} (preset {preset!r}): " + " ".join(problems))
     return spec
+
+
+def _too_large(node, path=""):
+    """(JSON path, value) of the first integer beyond 64 bits in a spec, or None."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(node))
+    else:
+        return (path or "(top level)", node) if isinstance(node, int) and abs(node) >= 2 ** 63 else None
+    for k, v in items:
+        found = _too_large(v, k if not path else (f"{path}{k}" if str(k).startswith("[") else f"{path}.{k}"))
+        if found:
+            return found
+    return None
 
 
 def _resolve_component(reg, model, kind, ref, where):
@@ -107,7 +126,9 @@ def _layer_problems(reg, spec: dict) -> list[str]:
     n = spec["n_layers"]
     pe = reg.get("posenc", spec["posenc"]["name"])
     for i, override in enumerate(spec.get("layers", []) or []):
-        selected = [j for j in range(n) if layer_selects(override, j, n)]
+        # the layers selected are from, from + every, ... below min(to, n_layers): the first is `from`
+        start = override.get("from", 0)
+        selected = [start] if start < min(override.get("to", n), n) else []
         if not selected:
             out.append(f"at layers[{i}]: from={override.get('from', 0)}, to={override.get('to', n)}, "
                        f"every={override.get('every', 1)} selects no layer of the {n} (0 to {n - 1}); fix the "
