@@ -25,9 +25,9 @@ def param_count(spec, reg):
     from ..perf.memory import count_params
     n = count_params(spec, reg)
     if n is None:
-        raise ZooError(f"model {spec['name']!r} is too large for torch to describe: a weight would hold more than "
-                       f"2**63 bytes (d_model={spec['d_model']:,}, vocab_size={spec['vocab_size']:,}). Choose "
-                       f"smaller sizes.")
+        raise ZooError(f"model {spec['name']!r} is too large for torch to describe: one of its weights would hold "
+                       f"more than 2**63 elements or bytes. Choose smaller sizes (--preset, --set) or smaller "
+                       f"component params.")
     return n
 
 

@@ -49,6 +49,9 @@ def next_token_probs(logits, params: SamplingParams, seen=None):
         p = params.repetition_penalty
         logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)  # (B, V)
     logits = logits / params.temperature  # (B, V)
+    # an extreme temperature or penalty overflows float32: +inf is the largest finite logit (so the softmax
+    # keeps the tied top tokens, the limit of sampling as the temperature goes to 0), nan a token never drawn
+    logits = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)  # (B, V)
     if params.top_k is not None and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V)
@@ -58,6 +61,9 @@ def next_token_probs(logits, params: SamplingParams, seen=None):
         drop = sorted_probs.cumsum(-1) - sorted_probs > params.top_p  # (B, V); the first token always stays
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))  # (B, V)
     probs = logits.softmax(-1)  # (B, V)
+    if not bool(torch.isfinite(probs).all()):  # every logit of a row was nan or -inf: the model's output is broken
+        raise ZooError("the model's output is not a number (nan or -inf for every token), so there is nothing to "
+                       "sample from; its weights may be broken (a diverged run). Sample from an earlier checkpoint.")
     if params.min_p:
         keep = probs >= params.min_p * probs.max(-1, keepdim=True).values  # (B, V)
         probs = probs * keep

@@ -41,6 +41,10 @@ def count_params(spec: dict, reg=None) -> int | None:
         return param_count(spec, reg)
     except (RuntimeError, OverflowError, MemoryError):  # "Storage size calculation overflowed"
         return None
+    except TypeError as e:  # a size beyond 64 bits: "Overflow when unpacking long long"
+        if "overflow" in str(e).lower():
+            return None
+        raise
 
 
 def training_bytes(spec: dict, reg=None, batch: int = 1, seq: int | None = None, act_bytes: int = 4,
@@ -52,14 +56,16 @@ def training_bytes(spec: dict, reg=None, batch: int = 1, seq: int | None = None,
     per_param = 4 if spec.get("lora") else BYTES_PER_PARAM
     act = activation_bytes(spec, batch, seq, act_bytes)
     floor = per_param * min_params(spec) // shards + act
-    params, exact = min_params(spec), False
+    params, exact, describable = min_params(spec), False, True
     if limit is None or floor <= limit:
         n = count_params(spec, reg)
         if n is not None:
             params, exact = n, True
+        else:
+            describable = False
     state = per_param * params // shards
     return {"params": params, "state": state, "activations": act, "total": state + act, "exact": exact,
-            "per_param": per_param}
+            "per_param": per_param, "describable": describable}
 
 
 def check_training_memory(spec: dict, reg=None, device="cpu", batch: int = 1, seq: int | None = None,
@@ -72,12 +78,16 @@ def check_training_memory(spec: dict, reg=None, device="cpu", batch: int = 1, se
         return None
     have //= max(1, processes)
     est = training_bytes(spec, reg, batch, seq, act_bytes, shards, limit=have)
+    sizes = ", ".join(f"{k}={spec[k]:,}" for k in ("n_layers", "d_model", "vocab_size", "block_size"))
+    if not est["describable"]:
+        raise ZooError(f"{what} {spec['name']!r} ({sizes}): a weight of this model would be larger than torch can "
+                       f"describe (more than 2**63 elements or bytes), far beyond the {fmt_bytes(have)} available "
+                       f"on {device_words(device)}. {fix}")
     if est["total"] <= have:
         return est
     seq = seq or spec["block_size"]
     params = f"{est['params']:,} parameters" if est["exact"] else f"at least {est['params']:,} parameters"
     weights = "fp32 weights" if spec.get("lora") else "fp32 weights, gradients and AdamW"
-    sizes = ", ".join(f"{k}={spec[k]:,}" for k in ("n_layers", "d_model", "vocab_size", "block_size"))
     raise ZooError(f"{what} {spec['name']!r} ({sizes}) needs at least {fmt_bytes(est['total'])}: {params} x "
                    f"{est['per_param']} bytes ({weights}) = {fmt_bytes(est['state'])}, plus about "
                    f"{fmt_bytes(est['activations'])} of activations for a batch of {batch:,} x {seq:,} tokens; "

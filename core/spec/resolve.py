@@ -54,6 +54,10 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
                                 f"the entry or to a model it extends.")
     check_spec_schema(spec, f"model {name!r} (preset {preset!r})")
     _resolve_components(reg, spec, f"model {name!r}")  # pass 2
+    where = _too_large(spec)
+    if where:
+        raise ManifestError(f"model {name!r} (preset {preset!r}): at {where[0]}: {where[1]} is larger than any size "
+                            f"a tensor can have (2**63 - 1). Fix the entry or the override.")
     # pass 3: cross-field constraints
     problems = cross_field_problems(reg, spec)
     if problems:
@@ -88,6 +92,21 @@ def _resolve_components(reg, spec, where, fix=""):
         for kind in LAYER_KINDS:
             if kind in override:
                 override[kind] = _resolve_component(reg, where, kind, override[kind], f"layers[{i}].{kind}", fix)
+
+
+def _too_large(node, path=""):
+    """(JSON path, value) of the first integer beyond 64 bits in a spec, or None."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(node))
+    else:
+        return (path or "(top level)", node) if isinstance(node, int) and abs(node) >= 2 ** 63 else None
+    for k, v in items:
+        found = _too_large(v, k if not path else (f"{path}{k}" if str(k).startswith("[") else f"{path}.{k}"))
+        if found:
+            return found
+    return None
 
 
 def _resolve_component(reg, where, kind, ref, path, fix=""):

@@ -28,8 +28,9 @@ DEFAULT_RECIPE = dict(max_iters=2000, batch_size=12, lr=2e-3, min_lr=2e-4, warmu
 INT_RANGES = dict(max_iters=1, batch_size=1, grad_accum=1, eval_interval=1, eval_iters=1, log_interval=1,
                   ckpt_interval=1, warmup=0, early_stop=0, sample_tokens=0, seed=0)
 SEED_MAX = 2 ** 32 - 1
-FLOAT_RANGES = dict(lr=(0, False, None, False), min_lr=(0, False, None, False),
-                    weight_decay=(0, False, None, False), grad_clip=(0, False, None, False),
+# (a rate or a decay above 1000 trains nothing; far above it AdamW's step overflows float32 in a traceback)
+FLOAT_RANGES = dict(lr=(0, False, 1000, False), min_lr=(0, False, 1000, False),
+                    weight_decay=(0, False, 1000, False), grad_clip=(0, False, None, False),
                     beta1=(0, False, 1, True), beta2=(0, False, 1, True), decay_frac=(0, True, 1, False))
 
 
