@@ -207,11 +207,11 @@ def case_overrides(rng, ctx):
 def _dims(rng, huge):
     out = {k: rng.choice([1, 2, 4, 8, 16, 32]) for k in DIMS[:5]}
     out["n_heads"], out["d_model"] = 2, 16
-    if rng.random() < 0.5:
+    if rng.random() < 0.3:
         k = rng.choice(DIMS)
         out[k] = rng.choice([0, -1, 2.5, 4.0, "x", None, [], True, float("nan")]
                             + ([10 ** 12, 2 ** 63] if huge and k != "n_layers" else []))
-    if rng.random() < 0.2:
+    if rng.random() < 0.1:
         del out[rng.choice(DIMS[:5])]
     return out
 
@@ -231,7 +231,8 @@ def manifest(rng, ctx, huge):
     """A manifest, often broken: wrong types, unknown keys, cycles in extends, clashes, bad JSON."""
     models = {}
     for i in range(rng.randint(1, 3)):
-        entry = {"extends": rng.choice(ctx["models"] + [f"m{j}" for j in range(3)] + ["nope"])}
+        r = rng.random()
+        entry = {"extends": rng.choice(ctx["models"]) if r < 0.7 else f"m{rng.randrange(3)}" if r < 0.93 else "nope"}
         for kind in ("attention", "posenc", "ffn"):
             if rng.random() < 0.3:
                 entry[kind] = _component(rng, ctx, kind)
@@ -240,7 +241,7 @@ def manifest(rng, ctx, huge):
                 json.loads(rng.choice(["1", "-1", "0.5", '"rmsnorm"', "true", "[]", "{}", '[{"to": 1}]', '{"r": 2}']))
         if rng.random() < 0.1:
             del entry["extends"]
-        models[rng.choice([f"m{i}", "gpt2", "m0"])] = entry
+        models[f"m{i}" if rng.random() < 0.9 else rng.choice(["gpt2", "m0"])] = entry  # gpt2: a clash
     data = {"version": 1, "presets": {"p": _dims(rng, huge)}, "models": models}
     if rng.random() < 0.3:
         data["presets"]["p"]["train"] = {rng.choice(["lr", "max_iters", "warmup", "beta2", "batch_size", "colour"]):

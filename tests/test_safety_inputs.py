@@ -245,3 +245,26 @@ def test_what_the_user_sees(case, files):
     assert p.returncode == code, p.stderr
     assert fragment in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.count("zoo: error:") == 1
+
+
+def test_the_python_api_gets_the_same_checks():
+    import warnings
+
+    from zoo.errors import ZooError, ZooWarning
+    from zoo.train import TrainConfig
+    from zoo.train.config import DEFAULT_RECIPE
+    c = TrainConfig(max_iters=1e3, warmup=5.0).fill(None)
+    assert (c.max_iters, c.warmup) == (1000, 5) and type(c.max_iters) is int
+    for bad, fragment in ((dict(lr=-1), "--lr must be"), (dict(beta2=1.0), "--beta2 must be"),
+                          (dict(max_iters=2.5), "--max-iters must be a whole number"),
+                          (dict(seed=-1), "--seed must be between"), (dict(batch_size="8"), "whole number")):
+        with pytest.raises(ZooError, match=fragment.replace("-", r"\-")):
+            TrainConfig(**bad).fill(None)
+    # a preset recipe that sets some options: the default recipe fills the rest (not None)
+    c = TrainConfig().fill({"lr": 5e-4})
+    assert c.lr == 5e-4 and c.max_iters == DEFAULT_RECIPE["max_iters"]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        TrainConfig(lr=0.0).fill(None)
+    assert [str(x.message) for x in w if issubclass(x.category, ZooWarning)] == [
+        "--lr 0: the weights will not change during this run."]

@@ -58,8 +58,7 @@ def supports_cache(model) -> bool:
 def check_memory(model, batch: int, longest_prompt: int, max_new_tokens: int, use_cache=True, compile=False):
     """Refuse (a ``ZooError`` with the figures) a generation whose cache, token ids and logits would not
     fit in the memory left on the model's device, before any of it is allocated."""
-    from ..nn.memory import available_bytes, device_words, fmt_bytes, generation_bytes
-    from ..spec.catalog import get_registry
+    from ..nn.memory import available_bytes, cache_bytes_per_token, device_words, fmt_bytes, generation_bytes
     m = _unwrap(model)
     window, bounded = context_window(m)
     total = min(longest_prompt, window) + max_new_tokens
@@ -67,7 +66,8 @@ def check_memory(model, batch: int, longest_prompt: int, max_new_tokens: int, us
     cached = use_cache and supports_cache(m)
     cache_len = (window if compile else min(total, window)) if cached else None
     w = m.wte.weight
-    need = generation_bytes(m.spec, get_registry(), batch, positions, cache_len, w.element_size())
+    per_token = cache_bytes_per_token(m, w.element_size()) if cached else None
+    need = generation_bytes(m.spec, per_token, batch, positions, cache_len, w.element_size())
     have = available_bytes(w.device)
     if have is None or need["total"] <= have:
         return need

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .cache import kv_cache_bytes_per_token
+from ..spec.resolve import dims_of, layer_components
 
 
 def fmt_bytes(n: float) -> str:
@@ -73,13 +73,29 @@ def device_words(device) -> str:
     return "the GPU" if dev.type == "cuda" else "this machine"
 
 
-def generation_bytes(spec: dict, reg, batch: int, positions: int, cache_len: int | None, dtype_bytes: int) -> dict:
+def cache_bytes_per_token(model, dtype_bytes: int) -> int | None:
+    """KV-cache bytes per token of a built model, from each layer's attention class's own report
+    (as :func:`zoo.nn.cache.kv_cache_bytes_per_token` does from the registry); None if one has none."""
+    total = 0
+    for i, block in enumerate(model.blocks):
+        fn = getattr(type(block.attn), "kv_cache_elems_per_token", None)
+        if fn is None:
+            return None
+        total += int(fn(dims_of(model.spec, i), layer_components(model.spec, i)["attention"]["params"]))
+    return total * dtype_bytes
+
+
+def generation_bytes(spec: dict, per_token: int | None, batch: int, positions: int, cache_len: int | None,
+                     dtype_bytes: int) -> dict:
     """What decoding ``batch`` sequences of up to ``positions`` tokens allocates beyond the weights: the
-    KV cache of ``cache_len`` slots per sequence (None: no cache, the context is recomputed), the token
-    ids and prompt mask (int64 + bool per position), and per step the vocabulary-sized rows (logits,
-    probabilities, sampling's sorted copies in float32, the repetition mask)."""
-    per_token = kv_cache_bytes_per_token(spec, reg, dtype_bytes) if cache_len else None
-    if cache_len and per_token is None:  # an attention that does not report its cache: keys and values
+    KV cache of ``cache_len`` slots per sequence (None: no cache, the context is recomputed) at
+    ``per_token`` bytes per token (None: not reported, counted as keys and values of d_model per
+    layer), the token ids and prompt mask (int64 + bool per position), and per step the
+    vocabulary-sized rows (logits, probabilities, sampling's sorted copies in float32, the repetition
+    mask)."""
+    if not cache_len:
+        per_token = None
+    elif per_token is None:
         per_token = 2 * spec["d_model"] * spec["n_layers"] * dtype_bytes
     cache = (per_token or 0) * batch * (cache_len or 0)
     ids = batch * positions * 9
