@@ -1,0 +1,237 @@
+"""The whole plugin contract as ``typing.Protocol`` classes: what each kind of component is, and every
+optional method or attribute the core may call on one.
+
+The core reaches a component's optional behaviour only through this module: ``isinstance(obj,
+Proto)`` on the ``runtime_checkable`` protocols below, or the small accessors at the end
+(:func:`flops_of`, :func:`aux_loss_of`, ...), never a bare ``getattr`` on a name of its own.
+docs/plugins.md documents every protocol and every method here; a test fails when one is missing
+from it.
+
+Kinds (each registered through its hook ``register_<kind>(register)`` as
+``register(name, cls, params_schema, tags)``):
+
+* ``attention`` -- a :class:`TokenMixer`: anything causal from (B, T, C) to (B, T, C) that owns its
+  cache (keys and values that grow per token, or a fixed-size state).
+* ``posenc`` -- a :class:`PositionalEncoding` (base class :class:`zoo.plugin.base.PosEnc`).
+* ``ffn`` -- a :class:`FeedForward`, token-wise; a spec may say ``"ffn": "none"``.
+* ``transform`` -- a :class:`Transform` applied to a built model (LoRA, ...).
+* ``head`` -- a :class:`Head`: the output head and its loss (``next_token`` built in).
+
+Every component class is built as ``cls(dims, **params)`` (a transform as ``cls(**params)``), with
+``dims`` a :class:`zoo.plugin.contract.Dims` and ``params`` validated against its JSON Schema with
+the defaults filled in. This module imports no torch: annotations name tensors as strings.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+# ---- the kinds ------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class TokenMixer(Protocol):
+    """The attention slot. ``x``: (B, T, C); ``pos``: (T,) absolute positions of the T tokens (a
+    tensor, so a compiled decode step does not recompile); ``posenc``: the model's encoding, passed at
+    call time; ``cache``: this layer's cache from :meth:`new_cache`, or None (training, full forward).
+    Causal: output t depends on inputs 0..t only. Returns (B, T, C)."""
+
+    def forward(self, x: "Tensor", posenc: "PositionalEncoding", pos: "Tensor", cache: Any = None) -> "Tensor": ...
+
+    def new_cache(self, batch: int, max_len: int, device=None, dtype=None) -> "MixerCache": ...
+
+
+@runtime_checkable
+class PositionalEncoding(Protocol):
+    """``embed(x, pos)`` adds absolute positions to (B, T, C) embeddings; ``rotate(t, pos)`` rotates
+    (..., T, D) queries or keys for any even D; ``bias(q_pos, k_pos)`` returns an additive (H, Tq, Tk)
+    attention bias with H = ``dims.n_heads``, or None. A kind uses one of the three, the others are
+    identities (its ``tags["kind"]``: absolute, rotary, bias or none)."""
+
+    def embed(self, x: "Tensor", pos: "Tensor") -> "Tensor": ...
+
+    def rotate(self, t: "Tensor", pos: "Tensor") -> "Tensor": ...
+
+    def bias(self, q_pos: "Tensor", k_pos: "Tensor") -> "Tensor | None": ...
+
+    def max_positions(self) -> int | None: ...
+
+
+@runtime_checkable
+class FeedForward(Protocol):
+    """The ffn slot: token-wise (B, T, C) -> (B, T, C)."""
+
+    def forward(self, x: "Tensor") -> "Tensor": ...
+
+
+@runtime_checkable
+class Transform(Protocol):
+    """A change applied to a built model, in place, after the build and before the weights load:
+    ``apply(model)``. It replaces only the Linear layers components declare
+    (:class:`DeclaresLinears`); where it meets weights it cannot handle (:class:`DeclaresStacked`) it
+    raises :class:`zoo.errors.ZooError` naming them. ``trainable(name)`` says which parameters stay
+    trainable (None: all of them)."""
+
+    def apply(self, model: "Module") -> None: ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """The output head and its loss. ``forward(h, targets, model)``: ``h`` (B, T, C) is the last
+    block's output before the final norm, ``targets`` (B, T) or None, ``model`` the Transformer (its
+    ``norm_f``, ``lm_head`` and ``wte`` are shared). Returns (logits (B, T, V), loss or None)."""
+
+    def forward(self, h: "Tensor", targets: "Tensor | None", model: "Module") -> tuple: ...
+
+
+# ---- caches -----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class MixerCache(Protocol):
+    """A layer's cache for generation, from :meth:`TokenMixer.new_cache`. ``reset()`` forgets
+    everything; ``nbytes`` is what it holds; ``rewind`` says how speculative decoding may undo
+    tokens: ``"truncate"`` (``truncate(n)`` forgets every position >= n), ``"snapshot"``
+    (``snapshot()`` returns an object that ``restore(snap)`` goes back to) or ``"none"`` (it cannot;
+    a caller that needs it refuses the mixer by name)."""
+
+    rewind: str
+
+    def reset(self) -> None: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+@runtime_checkable
+class Truncatable(Protocol):
+    def truncate(self, n: int) -> None: ...
+
+
+@runtime_checkable
+class Snapshottable(Protocol):
+    def snapshot(self) -> Any: ...
+
+    def restore(self, snap: Any) -> None: ...
+
+
+# ---- optional behaviour ---------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ValidatesSpec(Protocol):
+    """Class method: cross-field problems of these params at these sizes, each a sentence with the fix."""
+
+    @classmethod
+    def validate_spec(cls, dims, params: dict) -> list: ...
+
+
+@runtime_checkable
+class ReportsCacheSize(Protocol):
+    """Class method of a mixer: what its cache holds per layer, in numbers (elements, not bytes):
+    ``(per_token, per_sequence)``. Keys and values grow per token; a fixed-size state is per sequence.
+    API 1.0's ``kv_cache_elems_per_token(dims, params)`` is read as ``(that, 0)``."""
+
+    @classmethod
+    def cache_size(cls, dims, params: dict) -> tuple: ...
+
+
+@runtime_checkable
+class ReportsFlops(Protocol):
+    """Forward matmul FLOPs per token (2 per multiply-add) as the component executes them in
+    training, attention over the whole context of ``seq_len`` as nanoGPT counts it."""
+
+    def flops_per_token(self, seq_len: int) -> float: ...
+
+
+@runtime_checkable
+class HasAuxLoss(Protocol):
+    """A module (any module of the model) that sets ``aux_loss`` (a scalar tensor, or None) during
+    the forward; the model adds it to the training loss."""
+
+    aux_loss: Any
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """Numbers logged to TensorBoard under ``components/<module path>/<key>`` at each log step."""
+
+    def zoo_stats(self) -> dict: ...
+
+
+@runtime_checkable
+class CarriesState(Protocol):
+    """A mixer whose state carries over contiguous training windows (segment recurrence):
+    ``forward_state(x, posenc, pos, state) -> (y, new_state)``; ``state`` None starts a stream. The
+    trainer detaches ``new_state`` before the next window and saves it in checkpoints (a tensor or a
+    tuple/dict of tensors)."""
+
+    def forward_state(self, x: "Tensor", posenc: "PositionalEncoding", pos: "Tensor", state: Any) -> tuple: ...
+
+
+@runtime_checkable
+class DeclaresLinears(Protocol):
+    """``zoo_linears``: the names (paths below the component) of the Linear layers a transform may
+    replace. A component reads such a layer's weight only through :func:`zoo.nn.ops.linear_weight`,
+    so a transform's change reaches every path. Without it, every ``nn.Linear`` below the component
+    is replaceable and read only through its forward."""
+
+    zoo_linears: tuple
+
+
+@runtime_checkable
+class DeclaresStacked(Protocol):
+    """``zoo_stacked``: names of parameters that hold several Linear weights stacked, e.g. a MoE's
+    (E, C, H) expert weights. A transform that cannot handle them refuses by name."""
+
+    zoo_stacked: tuple
+
+
+@runtime_checkable
+class EffectiveWeight(Protocol):
+    """A module a transform put in place of a Linear: ``effective_weight()`` is the (out, in) weight
+    its forward applies (e.g. W + scale * B A for LoRA)."""
+
+    def effective_weight(self) -> "Tensor": ...
+
+
+@runtime_checkable
+class DeclaresSizes(Protocol):
+    """Class method: the sizes a component derives from its params (e.g. ``hidden``, ``kv_heads``),
+    so that HF mappings and reports ask the component instead of repeating its formula."""
+
+    @classmethod
+    def sizes(cls, dims, params: dict) -> dict: ...
+
+
+# ---- accessors: the core's only way to optional behaviour --------------------------------------
+
+
+def flops_of(module, seq_len: int):
+    """(FLOPs per token, whether the module reported them) -- else 2 x its parameters."""
+    if isinstance(module, ReportsFlops):
+        return float(module.flops_per_token(seq_len)), True
+    return 2.0 * sum(p.numel() for p in module.parameters()), False
+
+
+def stats_of(module) -> dict:
+    return (module.zoo_stats() or {}) if isinstance(module, ReportsStats) else {}
+
+
+def spec_problems(cls, dims, params) -> list:
+    return list(cls.validate_spec(dims, params) or []) if isinstance(cls, ValidatesSpec) else []
+
+
+def cache_size(cls, dims, params):
+    """(per_token, per_sequence) numbers held per layer by a mixer class's cache, or None if it does
+    not say."""
+    if isinstance(cls, ReportsCacheSize):
+        per_tok, per_seq = cls.cache_size(dims, params)
+        return int(per_tok), int(per_seq)
+    legacy = getattr(cls, "kv_cache_elems_per_token", None)  # plugin API 1.0
+    if callable(legacy):
+        return int(legacy(dims, params)), 0
+    return None
+
+
+def sizes_of(cls, dims, params) -> dict:
+    return dict(cls.sizes(dims, params)) if isinstance(cls, DeclaresSizes) else {}
