@@ -14,6 +14,8 @@ training windows the state is carried (``forward_state``): segment recurrence.
 
 Written against the documented plugin contract only (docs/plugins.md), as a third party would.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -56,8 +58,8 @@ class EMAMixer(nn.Module):
         C = dims.d_model
         self.in_proj = nn.Linear(C, C, bias=dims.bias)
         self.out_proj = init_residual_(nn.Linear(C, C, bias=dims.bias))
-        logit = torch.log(torch.tensor(init_decay) / (1 - torch.tensor(init_decay)))
-        self.decay_logit = nn.Parameter(torch.full((C,), float(logit)))  # (C,)
+        logit = math.log(init_decay / (1 - init_decay))  # sigmoid(logit) = init_decay
+        self.decay_logit = nn.Parameter(torch.full((C,), logit))  # (C,)
 
     @classmethod
     def cache_size(cls, dims, params):
