@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import zoo
-import zoo.spec.catalog as catalog
 from zoo import ZooError
 from zoo.components import Dims, KVCache
 from zoo.nn.cache import ModelCache, cache_bytes
 from zoo.plugin.protocols import cache_size, rewind_of
+from zoo.spec import catalog
 from zoo.spec.catalog import load_registry
 
 from conftest import needs_data
@@ -287,8 +287,8 @@ def test_training_carries_state_and_resumes_exactly(toy_registry, tmp_path, corp
     from zoo.io.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
     from zoo.train import TrainConfig, Trainer, train
     # a constant learning rate: the run stopped at step 4 has the schedule of the run to step 8
-    cfg = dict(preset="tiny", max_iters=8, eval_interval=4, eval_iters=2, batch_size=2, grad_accum=2, warmup=0,
-               lr=1e-3, min_lr=1e-3, sample_tokens=0, log_interval=4, data=str(corpus))
+    cfg = {"preset": "tiny", "max_iters": 8, "eval_interval": 4, "eval_iters": 2, "batch_size": 2, "grad_accum": 2,
+           "warmup": 0, "lr": 1e-3, "min_lr": 1e-3, "sample_tokens": 0, "log_interval": 4, "data": str(corpus)}
     t = Trainer("gpt2-ema", TrainConfig(**cfg, out=str(tmp_path / "probe"), run_id="p"))
     assert t.carried == [0, 1] and type(t.sampler).__name__ == "SegmentSampler"
     assert len(t.states) == 2 and t.val_batches[0][0].shape[0] == 2
@@ -356,3 +356,12 @@ def test_the_kit_fails_caches_that_do_not_rewind_as_they_say(toy_registry):
         check_cache_rewinds(dataclasses.replace(gqa, name="no-truncate", cls=Mha))
     with pytest.raises(AssertionError, match="undone by snapshot vs full forward"):
         check_cache_rewinds(dataclasses.replace(toy_registry.get("attention", "ema"), name="shared", cls=Ema))
+
+
+def test_bench_cache_reports_both_sizes_and_the_state_decodes_as_recompute(toy_registry):
+    """`zoo bench --cache` on the toy: bytes per token and per sequence, and greedy decoding with the
+    state cache gives the tokens of recomputing the context."""
+    from zoo.perf.bench import bench_cache
+    res = bench_cache("gpt2-ema", "tiny", new_tokens=6, prompt_len=3, log=lambda *a: None)
+    assert res["cache_bytes_per_token"] == 0 and res["cache_bytes_per_sequence"] == 2 * 64 * 4  # fp32
+    assert res["same_tokens"]
