@@ -55,7 +55,7 @@ def test_cache_holds_latent_and_rope_key_only():
     cache = att.new_cache(batch=3, max_len=10, dtype=torch.float32)
     assert isinstance(cache, LatentCache)
     assert cache.nbytes == 3 * 10 * (24 + 6) * 4
-    assert MultiHeadLatentAttention.kv_cache_elems_per_token(dims, {"kv_lora_rank": 24, "qk_rope_head_dim": 6}) == 30
+    assert MultiHeadLatentAttention.cache_size(dims, {"kv_lora_rank": 24, "qk_rope_head_dim": 6}) == (30, 0)
     x = torch.randn(3, 4, 64)
     att(x, PosEnc(dims), torch.arange(4), cache)
     k, v, pos = cache.read()

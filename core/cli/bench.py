@@ -26,7 +26,7 @@ def format_report(res, vs=None) -> str:
              f"{_fmt(res['peak_flops_datasheet'], 'FLOP/s')}"]
     old = {r["model"]: r for r in (vs or {}).get("models", [])}
     headers = ["model", "params", "train tok/s", "prefill tok/s", "decode b1", "decode bN", "peak mem",
-               "kv B/tok", "MFU (meas.)", "MFU (sheet)"]
+               "cache B/tok", "B/seq", "MFU (meas.)", "MFU (sheet)"]
     if vs:
         headers.append("train vs old")
     rows = []
@@ -35,6 +35,7 @@ def format_report(res, vs=None) -> str:
         row = [r["model"], _fmt(r["params"]), _fmt(r["train_tokens_per_sec"]) + f" ±{_spread(r['train_time'])}",
                _fmt(r["prefill_tokens_per_sec"]), _fmt(r["decode_tokens_per_sec_b1"]), _fmt(bn),
                _fmt(r["peak_memory_bytes"], "B"), _fmt(r["kv_cache_bytes_per_token"]),
+               _fmt(r.get("cache_bytes_per_sequence")),
                f"{100 * r['mfu_vs_measured_peak']:.1f}%",
                f"{100 * r['mfu_vs_datasheet_peak']:.1f}%" if r["mfu_vs_datasheet_peak"] else "n/a"]
         if vs:

@@ -51,12 +51,14 @@ def cmd_list(args):
 
 
 def cmd_show(args):
-    from ..nn.cache import kv_cache_bytes_per_token
+    from ..nn.cache import cache_bytes
     reg = get_registry()
     spec = resolve_spec(reg, args.name, args.preset, overrides(args.set))
+    sizes = {"bf16": cache_bytes(spec, reg, 2), "fp32": cache_bytes(spec, reg, 4)}
     info = {"spec": spec, "params": param_count(spec, reg),
-            "kv_cache_bytes_per_token": {"bf16": kv_cache_bytes_per_token(spec, reg, 2),
-                                         "fp32": kv_cache_bytes_per_token(spec, reg, 4)},
+            "kv_cache_bytes_per_token": {k: v and v[0] for k, v in sizes.items()},
+            # a fixed-size state (a recurrent mixer's) per sequence, whatever its length
+            "cache_bytes_per_sequence": {k: v and v[1] for k, v in sizes.items()},
             # multi-head attention's figure for comparison: keys and values, d_model each, per layer
             "mha_kv_cache_bytes_per_token": {"bf16": 2 * spec["d_model"] * spec["n_layers"] * 2,
                                              "fp32": 2 * spec["d_model"] * spec["n_layers"] * 4},
@@ -73,12 +75,16 @@ def cmd_show(args):
         sel = f"layers {o.get('from', 0)}..{o.get('to', spec['n_layers']) - 1}" + (f" every {o['every']}" if o.get("every", 1) > 1 else "")
         print(f"  {f'layers[{i}]':<12} {sel}: " + ", ".join(f"{k} {o[k]['name']} {json.dumps(o[k]['params'])}" for k in LAYER_KINDS if k in o))
     print(f"  {'parameters':<12} {info['params']:,} ({fmt_params(info['params'])})")
-    kv = info["kv_cache_bytes_per_token"]
+    kv, fixed = info["kv_cache_bytes_per_token"], info["cache_bytes_per_sequence"]
     if kv["bf16"] is None:
-        print(f"  {'kv cache':<12} not reported by attention {spec['attention']['name']!r}")
+        print(f"  {'cache':<12} not reported by attention {spec['attention']['name']!r}")
     else:
-        print(f"  {'kv cache':<12} {kv['bf16']:,} bytes/token in bf16, {kv['fp32']:,} in fp32 "
-              f"({kv['bf16'] * spec['block_size'] / 2**20:.2f} MiB per sequence of {spec['block_size']} in bf16)")
+        total = kv["bf16"] * spec["block_size"] + fixed["bf16"]
+        print(f"  {'cache':<12} {kv['bf16']:,} bytes/token in bf16, {kv['fp32']:,} in fp32 "
+              f"({total / 2**20:.2f} MiB per sequence of {spec['block_size']} in bf16)")
+        if fixed["bf16"]:
+            print(f"  {'':<12} plus a fixed {fixed['bf16']:,} bytes per sequence in bf16, {fixed['fp32']:,} in fp32 "
+                  f"(a state whose size does not grow with the sequence)")
     window = spec["attention"]["params"].get("window")
     if kv["bf16"] is not None and window and window < spec["block_size"]:
         print(f"  {'':<12} sliding window {window}: the cache holds at most {window} positions "

@@ -58,7 +58,7 @@ def supports_cache(model) -> bool:
 def check_memory(model, batch: int, longest_prompt: int, max_new_tokens: int, use_cache=True, compile=False):
     """Refuse (a ``ZooError`` with the figures) a generation whose cache, token ids and logits would not
     fit in the memory left on the model's device, before any of it is allocated."""
-    from ..nn.memory import available_bytes, cache_bytes_per_token, device_words, fmt_bytes, generation_bytes
+    from ..nn.memory import available_bytes, device_words, fmt_bytes, generation_bytes, model_cache_bytes
     m = _unwrap(model)
     window, bounded = context_window(m)
     total = min(longest_prompt, window) + max_new_tokens
@@ -66,14 +66,17 @@ def check_memory(model, batch: int, longest_prompt: int, max_new_tokens: int, us
     cached = use_cache and supports_cache(m)
     cache_len = (window if compile else min(total, window)) if cached else None
     w = m.wte.weight
-    per_token = cache_bytes_per_token(m, w.element_size()) if cached else None
-    need = generation_bytes(m.spec, per_token, batch, positions, cache_len, w.element_size())
+    size = model_cache_bytes(m, w.element_size()) if cached else None
+    per_token, per_seq = size if size is not None else (None, 0)
+    need = generation_bytes(m.spec, per_token, batch, positions, cache_len, w.element_size(), per_seq)
     have = available_bytes(w.device)
     if have is None or need["total"] <= have:
         return need
     weights = sum(p.numel() * p.element_size() for p in m.parameters())
-    cache = (f"a KV cache of {fmt_bytes(need['cache'])} ({need['cache_per_token']:,} bytes per token x {batch:,} "
-             f"sequences x {cache_len:,} positions) and " if cached else "")
+    fixed = (f" + {need['cache_per_sequence']:,} fixed bytes per sequence x {batch:,}"
+             if need["cache_per_sequence"] else "")
+    cache = (f"a cache of {fmt_bytes(need['cache'])} ({need['cache_per_token']:,} bytes per token x {batch:,} "
+             f"sequences x {cache_len:,} positions{fixed}) and " if cached else "")
     raise ZooError(f"generating {batch:,} sequence(s) of up to {positions:,} tokens needs about "
                    f"{fmt_bytes(need['total'])} beyond the model's {fmt_bytes(weights)} of weights: {cache}"
                    f"{fmt_bytes(need['ids'] + need['vocab'])} for token ids and logits; {device_words(w.device)} "

@@ -1,11 +1,14 @@
 """Caches for generation: the key/value cache of softmax attention, the per-layer caches of one
-generation (:class:`ModelCache`), and what a cache costs per token."""
+generation (:class:`ModelCache`) and how they rewind, and what a cache costs per token and per
+sequence."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from ..errors import ZooError
 from ..plugin.contract import Dims
+from ..plugin.protocols import cache_size, rewind_of
 from ..spec.resolve import dims_of, layer_components
 
 
@@ -23,7 +26,15 @@ class KVCache(nn.Module):
     the last ``max_len`` positions, i.e. sliding-window attention of width ``max_len``. A write is
     exact when every query still finds all its keys: T == 1 (decoding), or all positions < max_len.
     Shapes never change, so a decode step can be compiled once and captured in a CUDA graph.
+
+    It rewinds by ``truncate(n)`` (``rewind = "truncate"``): positions >= n are forgotten. Exact while
+    the ring has not wrapped; once it has, the positions it overwrote cannot come back, so a
+    truncation that decoding would need them for raises :class:`zoo.errors.ZooError` (with a ring of
+    S slots, going back one position always works; going back k works while the oldest position
+    held is at most n - S + 1).
     """
+
+    rewind = "truncate"
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device=None, dtype=None, v_dim=None):
         super().__init__()
@@ -51,6 +62,26 @@ class KVCache(nn.Module):
     def reset(self):
         self.slot_pos.fill_(-1)
 
+    def truncate(self, n: int):
+        """Forget every position >= n (slots marked empty; their contents are masked out). Raises
+        ZooError where the ring buffer has already overwritten a position that decoding at n attends
+        to (see the class docstring)."""
+        n = int(n)
+        held = self.slot_pos[self.slot_pos >= 0]  # (held,)
+        if not held.numel() or int(held.max()) < n:
+            return
+        kept = held[held < n]
+        need = max(0, n - self.max_len + 1)  # the oldest position a query at n still sees
+        oldest = int(kept.min()) if kept.numel() else n
+        if oldest > need:
+            lo, top = int(held.min()), int(held.max()) + 1
+            raise ZooError(f"cannot truncate this cache to {n} positions: it is a ring buffer of "
+                           f"{self.max_len} slots that has already overwritten positions {need}..{oldest - 1}, "
+                           f"which decoding at position {n} attends to. Rewind at most "
+                           f"{max(0, top - (lo + self.max_len - 1))} token(s) here, or decode with a cache "
+                           f"of more slots (new_cache(batch, max_len)).")
+        self.slot_pos.masked_fill_(self.slot_pos >= n, -1)
+
     @property
     def nbytes(self) -> int:
         """Bytes held for keys and values (the figure ``zoo show`` reports per token, times max_len)."""
@@ -64,10 +95,16 @@ def default_kv_elems_per_token(dims: Dims, n_kv_heads: int, head_dim: int | None
 
 class ModelCache:
     """The per-layer caches of one generation, and the next position to write (``length``: the
-    number of positions seen, including any that a ring buffer has since dropped)."""
+    number of positions seen, including any that a ring buffer has since dropped).
 
-    def __init__(self, layers):
+    Rewinding (speculative decoding): :meth:`truncate` where every layer's cache truncates;
+    :meth:`snapshot` / :meth:`restore` where every layer's cache truncates or takes snapshots;
+    :meth:`not_rewindable` names the layers that cannot, so that a caller refuses them by name.
+    ``names[i]`` says which mixer layer i is (e.g. ``"layer 3 (mamba)"``)."""
+
+    def __init__(self, layers, names=None):
         self.layers = layers
+        self.names = list(names) if names is not None else [f"layer {i}" for i in range(len(layers))]
         self._length = 0
 
     @property
@@ -86,15 +123,118 @@ class ModelCache:
                 layer.reset()
         self._length = 0
 
+    def rewind_modes(self) -> list:
+        """Each layer's cache's ``rewind``: "truncate", "snapshot" or "none"."""
+        return [rewind_of(layer) for layer in self.layers]
 
-def kv_cache_bytes_per_token(spec: dict, reg, dtype_bytes: int = 2):
-    """KV-cache bytes per token over all layers, from each layer's attention's own report (None if
-    one has none)."""
-    total = 0
+    def not_rewindable(self, modes=("truncate", "snapshot")) -> list:
+        """Names of the layers whose cache cannot rewind in one of ``modes`` (["truncate"]: the layers
+        :meth:`truncate` refuses; default: those :meth:`snapshot` refuses)."""
+        return [f"{name} (rewind={mode!r})" for name, mode in zip(self.names, self.rewind_modes())
+                if mode not in modes]
+
+    def _refuse(self, what, modes, fix):
+        bad = self.not_rewindable(modes)
+        if bad:
+            raise ZooError(f"cannot {what}: the cache of {', '.join(bad)} cannot. {fix}")
+
+    def truncate(self, n: int):
+        """Forget every position >= n in every layer; ``length`` becomes n."""
+        n = int(n)
+        if not 0 <= n <= self.length:
+            raise ZooError(f"cannot truncate the cache to {n} positions: it holds {self.length}; "
+                           f"give a length from 0 to {self.length}.")
+        self._refuse(f"truncate the cache to {n} positions", ("truncate",),
+                     "Use snapshot() before the tokens to undo and restore() after, where every layer's "
+                     "cache offers snapshots, or decode without rewinding.")
+        for layer in self.layers:
+            layer.truncate(n)
+        self._length = n
+
+    def snapshot(self):
+        """Something :meth:`restore` goes back to: the length, and each snapshot layer's snapshot
+        (a truncating layer is truncated back to the length instead)."""
+        self._refuse("take a snapshot of the cache", ("truncate", "snapshot"),
+                     "Decode without rewinding (speculative decoding cannot use this model).")
+        return self.length, [layer.snapshot() if mode == "snapshot" else None
+                             for layer, mode in zip(self.layers, self.rewind_modes())]
+
+    def restore(self, snap):
+        """Go back to what :meth:`snapshot` returned (positions decoded since are forgotten)."""
+        length, layers = snap
+        if length > self.length:
+            raise ZooError(f"cannot restore a snapshot at {length} positions into a cache at {self.length}: "
+                           f"a snapshot only goes back.")
+        for layer, mode, s in zip(self.layers, self.rewind_modes(), layers):
+            if mode == "snapshot":
+                layer.restore(s)
+            else:
+                layer.truncate(length)
+        self._length = length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every layer's cache."""
+        return sum(int(layer.nbytes) for layer in self.layers if hasattr(layer, "nbytes"))
+
+
+def cache_bytes(spec: dict, reg, dtype_bytes: int = 2):
+    """(bytes per token, fixed bytes per sequence) of the generation cache over all layers, from each
+    layer's mixer's own report (:func:`zoo.plugin.protocols.cache_size`); None if one has none."""
+    per_tok = per_seq = 0
     for i in range(spec["n_layers"]):
         ref = layer_components(spec, i)["attention"]
-        fn = getattr(reg.get("attention", ref["name"]).cls, "kv_cache_elems_per_token", None)
-        if fn is None:
+        size = cache_size(reg.get("attention", ref["name"]).cls, dims_of(spec, i), ref["params"])
+        if size is None:
             return None
-        total += int(fn(dims_of(spec, i), ref["params"]))
-    return total * dtype_bytes
+        per_tok, per_seq = per_tok + size[0], per_seq + size[1]
+    return per_tok * dtype_bytes, per_seq * dtype_bytes
+
+
+def kv_cache_bytes_per_token(spec: dict, reg, dtype_bytes: int = 2):
+    """Cache bytes per token over all layers (see :func:`cache_bytes`; None if a layer does not say)."""
+    size = cache_bytes(spec, reg, dtype_bytes)
+    return None if size is None else size[0]
+
+
+# ---- carried state across training windows ----------------------------------------------------
+
+def _map_tensors(obj, fn):
+    """``fn`` applied to every tensor of a state (a tensor, or a tuple/list/dict of them, nested)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+class CarriedState:
+    """The state each layer's mixer carries from one training window to the next (segment
+    recurrence, :class:`zoo.plugin.protocols.CarriesState`): ``layers[i]`` is layer i's state (None:
+    the stream starts here, or the layer carries nothing). ``Transformer.forward(..., state=s)``
+    updates it in place, as it does ``ModelCache.length``; the trainer calls :meth:`detach` between
+    windows, so gradients stop at the window's start (truncated backpropagation through time)."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [None] * n_layers
+
+    def reset(self):
+        """Every stream starts anew (an empty state)."""
+        self.layers = [None] * len(self.layers)
+
+    def detach(self):
+        """Cut the states from the graph of the window that produced them (in place)."""
+        self.layers = [_map_tensors(s, lambda t: t.detach()) for s in self.layers]
+
+    def state_dict(self) -> dict:
+        """The states as CPU tensors, for a checkpoint."""
+        return {"layers": [_map_tensors(s, lambda t: t.detach().cpu().clone()) for s in self.layers]}
+
+    def load_state_dict(self, d: dict, device=None):
+        layers = list(d["layers"])
+        if len(layers) != len(self.layers):
+            raise ZooError(f"the checkpoint's carried state has {len(layers)} layers, the model {len(self.layers)}; "
+                           f"it is not this model's state.")
+        self.layers = [_map_tensors(s, lambda t: t.to(device) if device is not None else t) for s in layers]

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from ..plugin.protocols import cache_size
 from ..spec.resolve import dims_of, layer_components
 
 
@@ -73,32 +74,40 @@ def device_words(device) -> str:
     return "the GPU" if dev.type == "cuda" else "this machine"
 
 
-def cache_bytes_per_token(model, dtype_bytes: int) -> int | None:
-    """KV-cache bytes per token of a built model, from each layer's attention class's own report
-    (as :func:`zoo.nn.cache.kv_cache_bytes_per_token` does from the registry); None if one has none."""
-    total = 0
+def model_cache_bytes(model, dtype_bytes: int):
+    """(bytes per token, fixed bytes per sequence) of a built model's generation cache, from each
+    layer's mixer class's own report (as :func:`zoo.nn.cache.cache_bytes` does from the registry);
+    None if one has none."""
+    per_tok = per_seq = 0
     for i, block in enumerate(model.blocks):
-        fn = getattr(type(block.attn), "kv_cache_elems_per_token", None)
-        if fn is None:
+        size = cache_size(type(block.attn), dims_of(model.spec, i),
+                          layer_components(model.spec, i)["attention"]["params"])
+        if size is None:
             return None
-        total += int(fn(dims_of(model.spec, i), layer_components(model.spec, i)["attention"]["params"]))
-    return total * dtype_bytes
+        per_tok, per_seq = per_tok + size[0], per_seq + size[1]
+    return per_tok * dtype_bytes, per_seq * dtype_bytes
+
+
+def cache_bytes_per_token(model, dtype_bytes: int) -> int | None:
+    """Cache bytes per token of a built model (see :func:`model_cache_bytes`), None if not reported."""
+    size = model_cache_bytes(model, dtype_bytes)
+    return None if size is None else size[0]
 
 
 def generation_bytes(spec: dict, per_token: int | None, batch: int, positions: int, cache_len: int | None,
-                     dtype_bytes: int) -> dict:
+                     dtype_bytes: int, per_sequence: int = 0) -> dict:
     """What decoding ``batch`` sequences of up to ``positions`` tokens allocates beyond the weights: the
-    KV cache of ``cache_len`` slots per sequence (None: no cache, the context is recomputed) at
+    cache of ``cache_len`` slots per sequence (None: no cache, the context is recomputed) at
     ``per_token`` bytes per token (None: not reported, counted as keys and values of d_model per
-    layer), the token ids and prompt mask (int64 + bool per position), and per step the
-    vocabulary-sized rows (logits, probabilities, sampling's sorted copies in float32, the repetition
-    mask)."""
+    layer) plus ``per_sequence`` fixed bytes per sequence (a recurrent state), the token ids and
+    prompt mask (int64 + bool per position), and per step the vocabulary-sized rows (logits,
+    probabilities, sampling's sorted copies in float32, the repetition mask)."""
     if not cache_len:
-        per_token = None
+        per_token, per_sequence = None, 0
     elif per_token is None:
         per_token = 2 * spec["d_model"] * spec["n_layers"] * dtype_bytes
-    cache = (per_token or 0) * batch * (cache_len or 0)
+    cache = ((per_token or 0) * (cache_len or 0) + per_sequence) * batch
     ids = batch * positions * 9
     vocab = batch * spec["vocab_size"] * (1 + 4 * 6)
-    return {"cache": cache, "cache_per_token": per_token or 0, "ids": ids, "vocab": vocab,
+    return {"cache": cache, "cache_per_token": per_token or 0, "cache_per_sequence": per_sequence, "ids": ids, "vocab": vocab,
             "total": cache + ids + vocab}

@@ -13,10 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ZooError
 from ..plugin.contract import SLOT_ATTR
+from ..plugin.protocols import carries_state
 from ..spec.catalog import get_registry
-from ..spec.resolve import dims_of, layer_groups, layer_spec
-from .cache import ModelCache
+from ..spec.resolve import dims_of, layer_components, layer_groups, layer_spec
+from .cache import CarriedState, ModelCache
 from .ops import make_norm
 
 
@@ -24,14 +26,23 @@ class Block(nn.Module):
     def __init__(self, spec, attention_cls, ffn_cls, layer):
         super().__init__()
         dims = dims_of(spec, layer)
+        self.layer = layer
         self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.attn = attention_cls(dims, **spec["attention"]["params"])
         self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.ffn = ffn_cls(dims, **spec["ffn"]["params"])
 
-    def forward(self, x, posenc, pos, cache=None):  # x: (B, T, C)
-        x = x + self.attn(self.norm1(x), posenc, pos, cache)  # (B, T, C)
+    def forward(self, x, posenc, pos, cache=None, state=None):  # x: (B, T, C)
+        """``state``: the model's :class:`zoo.nn.cache.CarriedState` (training on contiguous windows);
+        a mixer that carries state reads and replaces its entry through ``forward_state``."""
+        x = x + self._mix(self.norm1(x), posenc, pos, cache, state)  # (B, T, C)
         return x + self.ffn(self.norm2(x))  # (B, T, C)
+
+    def _mix(self, h, posenc, pos, cache, state):  # h: (B, T, C)
+        if state is None or not carries_state(self.attn):
+            return self.attn(h, posenc, pos, cache)  # (B, T, C)
+        y, state.layers[self.layer] = self.attn.forward_state(h, posenc, pos, state.layers[self.layer])
+        return y  # (B, T, C)
 
 
 class Transformer(nn.Module):
@@ -92,16 +103,31 @@ class Transformer(nn.Module):
         """One cache per layer, preallocated for ``max_len`` tokens (see :class:`zoo.nn.cache.KVCache`)."""
         device = device or self.wte.weight.device
         dtype = dtype or self.wte.weight.dtype
-        return ModelCache([b.attn.new_cache(batch, max_len, device=device, dtype=dtype) for b in self.blocks])
+        names = [f"layer {i} ({layer_components(self.spec, i)['attention']['name']})" for i in range(len(self.blocks))]
+        return ModelCache([b.attn.new_cache(batch, max_len, device=device, dtype=dtype) for b in self.blocks], names)
 
-    def forward(self, idx, targets=None, cache=None, pos=None):
+    def carried_layers(self) -> list:
+        """Indices of the layers whose mixer carries state across training windows."""
+        return [i for i, b in enumerate(self.blocks) if carries_state(b.attn)]
+
+    def new_state(self) -> CarriedState:
+        """An empty carried state (every stream starts), for ``forward(..., state=)``."""
+        return CarriedState(len(self.blocks))
+
+    def forward(self, idx, targets=None, cache=None, pos=None, state=None):
         """idx: (B, T) token ids. Returns (logits (B, T, V), loss or None).
 
         With ``cache``, the T tokens continue after the ``cache.length`` tokens already seen.
-        ``pos`` (T,) overrides their absolute positions. The loss includes auxiliary losses that
-        components report (``aux_loss`` attributes), e.g. MoE load balancing.
+        ``pos`` (T,) overrides their absolute positions. With ``state`` (a :class:`CarriedState`,
+        training on contiguous windows), each row continues the stream of the same row of the last
+        call: the layers whose mixer carries state start from ``state.layers[i]`` and leave their
+        new state there. The loss includes auxiliary losses that components report (``aux_loss``
+        attributes), e.g. MoE load balancing.
         """
         B, T = idx.shape
+        if state is not None and cache is not None:
+            raise ZooError("give a forward either a cache (generation) or a carried state (training on "
+                           "contiguous windows), not both.")
         if pos is None:
             start = cache.length if cache is not None else 0
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
@@ -111,7 +137,7 @@ class Transformer(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         x = self.drop(self.posenc.embed(x, pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.posenc, pos, cache.layers[i] if cache is not None else None)  # (B, T, C)
+            x = block(x, self.posenc, pos, cache.layers[i] if cache is not None else None, state)  # (B, T, C)
         if cache is not None:
             cache.length = end
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
@@ -146,6 +172,14 @@ def build_from_spec(spec: dict, reg=None) -> Transformer:
         from .lora import apply_lora
         apply_lora(model, spec["lora"])
     return model
+
+
+def carried_layers(spec: dict, reg=None) -> list:
+    """Indices of the layers of a spec whose mixer class carries state across training windows
+    (:class:`zoo.plugin.protocols.CarriesState`), without building the model."""
+    reg = reg or get_registry()
+    return [i for i in range(spec["n_layers"])
+            if carries_state(reg.get("attention", layer_components(spec, i)["attention"]["name"]).cls)]
 
 
 def _numel(module) -> int:

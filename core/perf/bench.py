@@ -1,8 +1,8 @@
 """``zoo bench``: the shared throughput harness.
 
 For each named model: training-step tokens/s (forward, backward, AdamW), prefill tokens/s, decode
-tokens/s at batch 1 and batch N with the KV cache, peak memory (CUDA), KV-cache bytes per token,
-parameters, and MFU. Component level (``--components``): each attention's forward+backward against
+tokens/s at batch 1 and batch N with the KV cache, peak memory (CUDA), cache bytes per token and
+fixed cache bytes per sequence (a recurrent state), parameters, and MFU. Component level (``--components``): each attention's forward+backward against
 the plain causal SDPA kernel, each ffn against ``mlp`` at equal parameters, as ratios measured in
 the same run.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import ZooError
 from ..generate.generation import context_window, generate
-from ..nn.cache import kv_cache_bytes_per_token
+from ..nn.cache import cache_bytes
 from ..nn.device import parse_dtype, resolve_device
 from ..nn.transformer import build_from_spec
 from ..plugin.base import PosEnc
@@ -108,7 +108,8 @@ def bench_model(name, preset, device, dtype, batch, seq, compile_=False, reps=5,
 
     flops = model_flops_per_token(model, seq)
     train_tps = batch * seq / t_train["median"]
-    kv_bytes = kv_cache_bytes_per_token(spec, reg, 2 if dtype != torch.float32 else 4)
+    sizes = cache_bytes(spec, reg, 2 if dtype != torch.float32 else 4)
+    kv_bytes, seq_bytes = sizes if sizes is not None else (None, None)
     return {
         "model": name, "preset": preset, "params": model.num_params(), "batch": batch, "seq": seq,
         "train_tokens_per_sec": train_tps, "train_time": t_train,
@@ -118,6 +119,7 @@ def bench_model(name, preset, device, dtype, batch, seq, compile_=False, reps=5,
         "decode_batch": decode_batch, "decode_tokens": decode_tokens,
         "decode_errors": {str(b): d["error"] for b, d in decode.items() if "error" in d},
         "peak_memory_bytes": peak_mem, "kv_cache_bytes_per_token": kv_bytes,
+        "cache_bytes_per_sequence": seq_bytes,
         "flops_per_token": flops, "train_flops_per_sec": train_tps * flops["train"],
     }
 
@@ -250,6 +252,11 @@ def bench_cache(model_name="gpt2", preset="char", new_tokens=500, prompt_len=1, 
            "compile": bool(compile), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if str(device).startswith("cuda"):
         res["gpu"] = torch.cuda.get_device_name(device)
+    sizes = cache_bytes(spec, reg, model.wte.weight.element_size())
+    res["cache_bytes_per_token"], res["cache_bytes_per_sequence"] = sizes if sizes is not None else (None, None)
+    if sizes is not None:
+        log(f"    cache: {sizes[0]:,} bytes per token + {sizes[1]:,} fixed bytes per sequence "
+            f"({res['dtype'].replace('torch.', '')})")
     outs = {}
 
     def timed(fn):

@@ -104,11 +104,17 @@ class MixerCache(Protocol):
 
 @runtime_checkable
 class Truncatable(Protocol):
+    """A cache with ``rewind == "truncate"``: ``truncate(n)`` forgets every position >= n, exactly (a
+    ring buffer that has overwritten what decoding at n needs raises :class:`zoo.errors.ZooError`)."""
+
     def truncate(self, n: int) -> None: ...
 
 
 @runtime_checkable
 class Snapshottable(Protocol):
+    """A cache with ``rewind == "snapshot"`` (a fixed-size state): ``snapshot()`` returns a copy of the
+    state that later updates do not change; ``restore(snap)`` puts it back, exactly."""
+
     def snapshot(self) -> Any: ...
 
     def restore(self, snap: Any) -> None: ...
@@ -231,6 +237,25 @@ def cache_size(cls, dims, params):
     if callable(legacy):
         return int(legacy(dims, params)), 0
     return None
+
+
+REWIND_MODES = ("truncate", "snapshot", "none")
+
+
+def rewind_of(cache) -> str:
+    """How a layer cache can undo tokens: its ``rewind`` when it is one of :data:`REWIND_MODES` and
+    it has the methods that mode needs, else "none" (e.g. an API 1.0 cache that does not say)."""
+    mode = cache.rewind if isinstance(cache, MixerCache) else None
+    if mode == "truncate" and isinstance(cache, Truncatable):
+        return mode
+    if mode == "snapshot" and isinstance(cache, Snapshottable):
+        return mode
+    return "none"
+
+
+def carries_state(module) -> bool:
+    """Whether a mixer carries state across training windows (:class:`CarriesState`)."""
+    return isinstance(module, CarriesState)
 
 
 def sizes_of(cls, dims, params) -> dict:

@@ -326,6 +326,52 @@ def check_kv_cache_matches_full(component):
                 raise AssertionError(f"with {p.kind} {p.name!r}: {e}") from None
 
 
+def _decode(m, idx, cache):
+    """Logits (B, T, V) of feeding idx (B, T) one token at a time after what the cache holds."""
+    return torch.cat([m(idx[:, t:t + 1], cache=cache)[0] for t in range(idx.shape[1])], 1)
+
+
+@_check(kinds=("attention",), applies=lambda tags: tags.get("kv_cache", True))
+def check_cache_rewinds(component):
+    """The cache undoes tokens exactly as its ``rewind`` says (speculative decoding relies on it):
+    after a prompt, k other tokens decoded and then undone -- ``truncate`` (rewind "truncate") or
+    ``snapshot``/``restore`` (rewind "truncate" or "snapshot") -- decoding the true continuation
+    gives the logits of a full forward pass (float32, within 1e-5). ``ModelCache.truncate`` refuses
+    a cache that only takes snapshots, and ``snapshot`` one that cannot rewind ("none"), naming it."""
+    from ..errors import ZooError
+    m = model_for(component).float()
+    P, k, total = 5, 3, DIMS.block_size
+    g = torch.Generator().manual_seed(9)
+    idx = torch.randint(0, DIMS.vocab_size, (B, total), generator=g)
+    other = torch.randint(0, DIMS.vocab_size, (B, k), generator=g)
+    with torch.no_grad():
+        full = m(idx)[0][:, P:]  # (B, total - P, V)
+        modes = set(m.new_cache(B, total).rewind_modes())
+        ways = (["truncate"] if modes == {"truncate"} else []) + (["snapshot"] if modes <= {"truncate", "snapshot"} else [])
+        for way in ways:
+            cache = m.new_cache(B, total, dtype=torch.float32)
+            m(idx[:, :P], cache=cache)
+            snap = cache.snapshot() if way == "snapshot" else None
+            _decode(m, other, cache)
+            if way == "truncate":
+                cache.truncate(P)
+            else:
+                cache.restore(snap)
+            assert cache.length == P, f"after rewinding by {way}, the cache counts {cache.length} positions, not {P}"
+            _close(_decode(m, idx[:, P:], cache), full, f"decoding after {k} tokens undone by {way} vs full forward")
+        cache = m.new_cache(B, total, dtype=torch.float32)
+        m(idx[:, :P], cache=cache)
+        refusals = ([("truncate", lambda: cache.truncate(P - 1))] if modes != {"truncate"} else []) + \
+                   ([("snapshot", cache.snapshot)] if "none" in modes else [])
+        for what, call in refusals:
+            try:
+                call()
+            except ZooError as e:
+                assert "layer" in str(e), f"the refusal of {what} does not name the layer: {e}"
+            else:
+                raise AssertionError(f"ModelCache.{what} did not refuse caches with rewind modes {sorted(modes)}")
+
+
 # ---- sliding windows (tag "sliding_window": the name of the window param) ----------------------
 
 def _windowed(comp, window):

@@ -12,6 +12,13 @@ batches from the sampler, forward/backward, clip, optimizer step; then, when due
 text sample (with the RNG state forked, so sampling does not move the training RNG) and the
 checkpoint. The checkpoint holds model, optimizer, step, per-rank RNG states and the sampler's
 position; the schedule is a function of the step.
+
+Carried state (segment recurrence): when any layer's mixer carries state across windows
+(:class:`zoo.plugin.protocols.CarriesState`), the data comes as contiguous segments
+(:class:`zoo.data.SegmentSampler`: each row of the global batch continues its own stream), each
+micro-batch's state passes to the next step detached (empty again when the streams restart), the
+validation runs as contiguous segments from an empty state, and the checkpoint holds every rank's
+state, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ..io.faults import fault_point
 from ..io.rundir import (RunLock, check_name, check_writable, create_run_dir, never_checkpointed, new_run_id,
                          stale_temp_files)
 from ..nn.device import default_dtype, parse_dtype
-from ..nn.transformer import build_from_spec
+from ..nn.transformer import build_from_spec, carried_layers
 from ..perf.flops import model_flops_per_token
 from ..perf.memory import check_training_memory
 from ..perf.peaks import datasheet_peak
@@ -227,9 +234,15 @@ class Trainer:
                                f"{self.tok.vocab_size} tokens; drop the vocab_size override or raise it.")
         self.spec = spec
         T = spec["block_size"]
-        self.sampler = D.WindowSampler(train_arrays, T, seed=cfg.seed)
-        # the same validation windows for any world size at the same global batch
-        self.val_batches = D.fixed_batches(val_arrays, T, cfg.batch_size, cfg.eval_iters * self.dist.world)
+        self.carried = carried_layers(spec, reg)  # layers whose mixer carries state across windows
+        if self.carried:  # contiguous segments: row r of each step continues row r's stream
+            self.sampler = D.SegmentSampler(train_arrays, T, cfg.batch_size * cfg.grad_accum * self.dist.world,
+                                            seed=cfg.seed)
+            self.val_batches = D.segment_batches(val_arrays, T, cfg.batch_size * self.dist.world, cfg.eval_iters)
+        else:
+            self.sampler = D.WindowSampler(train_arrays, T, seed=cfg.seed)
+            # the same validation windows for any world size at the same global batch
+            self.val_batches = D.fixed_batches(val_arrays, T, cfg.batch_size, cfg.eval_iters * self.dist.world)
         self.log(f"data: {what}; tokenizer {self.tok.config()['type']} ({self.tok.vocab_size} tokens)")
 
         # run directory
@@ -265,6 +278,8 @@ class Trainer:
             processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dev.type == "cpu" else 1)
         self.model = build_from_spec(spec, reg).to(dev)
         self.n_params = self.model.num_params()
+        # this rank's carried state, one per micro-batch (its rows of the global batch)
+        self.states = [self.model.new_state() for _ in range(cfg.grad_accum)] if self.carried else None
         self.wrapped = self.model
         if self.dist.enabled:
             if cfg.fsdp:
@@ -319,6 +334,14 @@ class Trainer:
         self.evals_since_best = int(ckpt.get("evals_since_best", 0))
         self.elapsed = float(ckpt.get("elapsed", 0.0))
         self.last_ckpt_step = self.step
+        if self.states is not None:
+            saved = (ckpt.get("carried_state") or {}).get("ranks") or []
+            if len(saved) != self.dist.world:
+                raise ZooError(f"the checkpoint holds the carried state of {len(saved)} process(es), this run has "
+                               f"{self.dist.world}; resume a model whose mixers carry state with the same number "
+                               f"of processes.")
+            for st, d in zip(self.states, saved[self.dist.rank]):
+                st.load_state_dict(d, self.dist.device)
 
     def _load_rng(self, ckpt):
         import torch
@@ -339,11 +362,13 @@ class Trainer:
         opt_state = self._opt_state()
         cuda = torch.cuda.get_rng_state(self.dist.device) if self.dist.device.type == "cuda" else None
         states = self.dist.gather((torch.get_rng_state(), cuda))
+        carried = ({"ranks": self.dist.gather([st.state_dict() for st in self.states]), "layers": self.carried}
+                   if self.states is not None else None)
         if self.dist.main:
             payload = {
                 "model": model_state, "optimizer": opt_state, "spec": self.spec, "tokenizer": self.tok.config(),
                 "plugins": plugins_of(self.spec), "step": self.step, "train": dataclasses.asdict(self.cfg),
-                "sampler": self.sampler.state(), "rng": {"torch": [s[0] for s in states], "cuda": [s[1] for s in states]},
+                "sampler": self.sampler.state(), "carried_state": carried, "rng": {"torch": [s[0] for s in states], "cuda": [s[1] for s in states]},
                 "best_val": self.best_val, "evals_since_best": self.evals_since_best, "elapsed": self.elapsed,
                 "world_size": self.dist.world, "zoo_version": __version__,
                 "data": {"path": str(self.data_path), "sha256": self.data_sha},
@@ -375,11 +400,16 @@ class Trainer:
         import torch
         self.model.eval()
         total = torch.zeros(2, device=self.dist.device)  # (sum of losses * windows, windows)
+        if self.carried:  # contiguous segments from an empty state: this rank's rows of every step
+            B, r, kw = self.cfg.batch_size, self.dist.rank, {"state": self.model.new_state()}
+            batches = [(x[r * B:(r + 1) * B], y[r * B:(r + 1) * B]) for x, y in self.val_batches]
+        else:
+            batches, kw = self.val_batches[self.dist.rank::self.dist.world], {}
         with torch.no_grad():
-            for x, y in self.val_batches[self.dist.rank::self.dist.world]:
+            for x, y in batches:
                 x, y = x.to(self.dist.device), y.to(self.dist.device)
                 with self._autocast():
-                    _, loss = self.forward(x, y)
+                    _, loss = self.forward(x, y, **kw)
                 total[0] += loss.float() * x.shape[0]
                 total[1] += x.shape[0]
         self.dist.all_sum(total)
@@ -470,6 +500,9 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = lr
                 idx = self.sampler.next_indices(B * A * d.world)
+                if self.states is not None and self.sampler.fresh:  # the streams start (again): empty states
+                    for st in self.states:
+                        st.reset()
                 loss_sum = torch.zeros((), device=dev)
                 for a in range(A):
                     lo = (a * d.world + d.rank) * B
@@ -480,9 +513,12 @@ class Trainer:
                         self.wrapped.require_backward_grad_sync = sync
                     elif d.enabled and cfg.fsdp:
                         self.model.set_requires_gradient_sync(sync)
+                    kw = {"state": self.states[a]} if self.states is not None else {}
                     with self._autocast():
-                        _, loss = self.forward(x, y)
+                        _, loss = self.forward(x, y, **kw)
                     loss.backward()
+                    if self.states is not None:
+                        self.states[a].detach()  # the next window starts from it, without its graph
                     loss_sum += loss.detach().float()
                 if A > 1:  # gradients of the summed micro-batch losses, scaled once per optimizer step
                     for p in self.model.parameters():

@@ -78,8 +78,9 @@ class GroupedQueryAttention(nn.Module):
         return []
 
     @classmethod
-    def kv_cache_elems_per_token(cls, dims, params):
-        return default_kv_elems_per_token(dims, cls.kv_heads(dims, params))
+    def cache_size(cls, dims, params):
+        """(per token, per sequence) numbers cached per layer: keys and values of the kv heads."""
+        return default_kv_elems_per_token(dims, cls.kv_heads(dims, params)), 0
 
     def flops_per_token(self, seq_len):
         """Forward FLOPs per token: the projections, plus QK^T and AV over the keys a query sees

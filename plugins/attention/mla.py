@@ -65,7 +65,8 @@ def mla_sizes(dims, params):
 
 class LatentCache(KVCache):
     """MLA's cache: one buffer of [latent | rotated shared rope key] per token, (B, 1, S, r + rope);
-    the values are the latent itself, a view of the same buffer (nothing is stored twice)."""
+    the values are the latent itself, a view of the same buffer (nothing is stored twice). It rewinds
+as :class:`KVCache` does (``truncate(n)``, the same ring-buffer limits)."""
 
     def __init__(self, batch, max_len, rank, rope, device=None, dtype=None):
         nn.Module.__init__(self)
@@ -123,9 +124,10 @@ class MultiHeadLatentAttention(nn.Module):
         return []
 
     @classmethod
-    def kv_cache_elems_per_token(cls, dims, params):
+    def cache_size(cls, dims, params):
+        """(per token, per sequence) numbers cached per layer: the latent and the shared rope key."""
         rank, _, _, rope, _ = mla_sizes(dims, params)
-        return rank + rope
+        return rank + rope, 0
 
     def flops_per_token(self, seq_len):
         """Forward FLOPs per token as trained (materialized keys and values): every projection,
