@@ -1,5 +1,5 @@
 """``zoo.hookspecs``: the hook markers a plugin module uses (``from zoo.hookspecs import hookimpl``).
 
 Part of the public plugin API; the hooks are defined in :mod:`zoo.plugin.hookspecs`."""
-from .plugin.hookspecs import (hookimpl, hookspec, register_attention, register_ffn,  # noqa: F401
-                               register_models, register_posenc)
+from .plugin.hookspecs import (hookimpl, hookspec, register_attention, register_commands,  # noqa: F401
+                               register_ffn, register_hf_arch, register_models, register_posenc)

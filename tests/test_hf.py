@@ -415,7 +415,7 @@ def save_checkpoint_for(model, spec, run):
 
 def test_import_without_the_tokenizers_package(tmp_path, monkeypatch):
     """A Llama directory with a tokenizer.json imports without `tokenizers`; encoding then names the package."""
-    from zoo.interop.hf.archs import Llama
+    from zoo.interop.hf.archs import arch_for
     from zoo.interop.hf.convert import spec_from_config, convert_from_zoo
     cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
            "intermediate_size": 96, "vocab_size": 100, "eos_token_id": 1}
@@ -423,7 +423,7 @@ def test_import_without_the_tokenizers_package(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.json").write_text(json.dumps(cfg))
-    save_file(convert_from_zoo(spec, zoo.build_from_spec(spec).state_dict(), Llama), src / "model.safetensors")
+    save_file(convert_from_zoo(spec, zoo.build_from_spec(spec).state_dict(), arch_for(cfg)), src / "model.safetensors")
     (src / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "WordLevel", "vocab": {}}}')
     import sys
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed

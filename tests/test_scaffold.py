@@ -1,6 +1,7 @@
 """``zoo new-plugin``: the package it writes installs with pip, is discovered by the zoo, and passes
-its own tests (the conformance kit through parametrize_with_checks, and its named model) as
-generated, for every kind."""
+its own tests (the conformance kit through parametrize_with_checks, and its named model; for a
+command, the command run through the CLI) as generated, for every kind with a template; --package
+and --model name the distribution and the model apart from the component."""
 import ast
 import contextlib
 import io
@@ -12,7 +13,7 @@ import pytest
 
 from zoo.cli import main
 
-KINDS = ("attention", "posenc", "ffn")
+KINDS = ("attention", "posenc", "ffn")  # the component kinds; "command" is tested on its own
 
 
 def new_plugin(cwd, *args):
@@ -37,7 +38,52 @@ def generated(tmp_path_factory):
         p = new_plugin(cwd, f"my-{kind}", "--kind", kind)
         assert p.returncode == 0, p.stderr
         assert f"zoo-my-{kind}" in p.stdout
+    p = new_plugin(cwd, "my-hello", "--kind", "command")
+    assert p.returncode == 0 and "the command `zoo my-hello`" in p.stdout, p.stderr
+    p = new_plugin(cwd, "sq-relu", "--kind", "ffn", "--package", "acme.zoo-bits", "--model", "tiny-sq")
+    assert p.returncode == 0 and "acme.zoo-bits" in p.stdout, p.stderr
     return cwd
+
+
+def test_package_and_model_are_named_apart_from_the_component(generated):
+    root = generated / "acme.zoo-bits"
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert "src/acme_zoo_bits/sq_relu.py" in files and "tests/test_sq_relu.py" in files
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'name = "acme.zoo-bits"' in pyproject
+    assert 'ffn-sq-relu = "acme_zoo_bits.sq_relu"' in pyproject and 'models = "acme_zoo_bits.models"' in pyproject
+    models = (root / "src/acme_zoo_bits/models.py").read_text()
+    assert '"tiny-sq": {' in models and '"ffn": {"name": "sq-relu"}' in models
+    test = (root / "tests/test_sq_relu.py").read_text()
+    assert 'zoo.resolve("tiny-sq", "tiny")' in test and '.dist == "acme.zoo-bits"' in test
+    assert "class SqReluFFN(" in (root / "src/acme_zoo_bits/sq_relu.py").read_text()
+
+
+def test_a_command_package(generated):
+    root = generated / "zoo-my-hello"
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == [".github/workflows/tests.yml", "README.md", "pyproject.toml", "src/zoo_my_hello/__init__.py",
+                     "src/zoo_my_hello/my_hello.py", "tests/test_my_hello.py"]  # no models module
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'command-my-hello = "zoo_my_hello.my_hello"' in pyproject and "models =" not in pyproject
+    src = (root / "src/zoo_my_hello/my_hello.py").read_text()
+    assert src.count("@hookimpl") == 1 and "def register_commands(register):" in src and "{{" not in src
+    assert "zoo my-hello --help" in (root / "README.md").read_text()
+
+
+def test_the_generated_command_runs_in_the_cli(generated, monkeypatch, capsys, fresh_registry):
+    """Without installing it: its module through discover(extra_plugins=...), as the entry point would."""
+    import importlib
+
+    from zoo.spec import catalog
+    monkeypatch.syspath_prepend(str(generated / "zoo-my-hello" / "src"))
+    mod = importlib.import_module("zoo_my_hello.my_hello")
+    monkeypatch.setattr(catalog, "load_registry", lambda: catalog.discover(
+        [(mod, "zoo-my-hello")], check_model=catalog.check_registered))
+    assert main(["my-hello", "--name", "you"]) == 0 and capsys.readouterr().out == "hello, you\n"
+    assert main(["my-hello", "--name", ""]) == 2
+    assert capsys.readouterr().err == "zoo: error: --name is empty; give a name to greet, e.g. --name world.\n"
+    assert catalog.get_registry().api_versions["zoo-my-hello"] == "1.1"
 
 
 def test_layout_and_contents(generated):
@@ -62,9 +108,12 @@ def test_layout_and_contents(generated):
         assert "{{" not in src
 
 
+PACKAGES = {"zoo-my-attention", "zoo-my-posenc", "zoo-my-ffn", "zoo-my-hello", "acme.zoo-bits"}
+
+
 def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, generated):
-    for kind in KINDS:
-        plugin_venv.pip_install(generated / f"zoo-my-{kind}")
+    for dist in sorted(PACKAGES):
+        plugin_venv.pip_install(generated / dist)
     try:
         p = plugin_venv.zoo("plugins", "--json")
         assert p.returncode == 0, p.stderr
@@ -74,18 +123,24 @@ def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, genera
         for kind in KINDS:
             assert found[(kind, f"my-{kind}")] == (f"zoo-my-{kind}", "0.1.0")
             assert data["models"][f"gpt2-my-{kind}"]["dist"] == f"zoo-my-{kind}"
-        for kind in KINDS:  # each package's own tests, run the way its author would
-            pkg = generated / f"zoo-my-{kind}"
+        assert found[("ffn", "sq-relu")] == ("acme.zoo-bits", "0.1.0") and data["models"]["tiny-sq"]["dist"] == "acme.zoo-bits"
+        assert {"name": "my-hello", "help": "print a greeting (a command of zoo-my-hello)", "dist": "zoo-my-hello",
+                "version": "0.1.0"} in data["commands"]
+        p = plugin_venv.zoo("my-hello", "--name", "pip")
+        assert p.returncode == 0 and p.stdout == "hello, pip\n", p.stderr
+        for dist in sorted(PACKAGES):  # each package's own tests, run the way its author would
+            pkg = generated / dist
             p = plugin_venv.run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=pkg)
             assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
             assert "passed" in p.stdout and "failed" not in p.stdout and "xfail" not in p.stdout
             n = int(p.stdout.strip().splitlines()[-1].split()[0])
-            assert n >= 10, p.stdout  # the conformance checks and the package's own tests all ran
+            assert n >= (3 if dist == "zoo-my-hello" else 10), p.stdout  # the kit's checks and the package's tests
     finally:
-        for kind in KINDS:
-            plugin_venv.pip_uninstall(f"zoo-my-{kind}")
+        for dist in sorted(PACKAGES):
+            plugin_venv.pip_uninstall(dist)
     p = plugin_venv.zoo("plugins", "--json")
     assert not {c["name"] for c in json.loads(p.stdout)["components"]} & {f"my-{k}" for k in KINDS}
+    assert json.loads(p.stdout)["commands"] == []
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -93,6 +148,13 @@ def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, genera
     (["mlp", "--kind", "ffn"], "the ffn name 'mlp' is already registered by zoo"),
     (["rope", "--kind", "posenc"], "the posenc name 'rope' is already registered by zoo"),
     (["models", "--kind", "ffn"], "the plugin name 'models' is taken"),
+    (["mine", "--kind", "ffn", "--model", "gpt2"], "the named model 'gpt2' the package would add is already"),
+    (["mine", "--kind", "ffn", "--model", "Bad Model"], "invalid model name 'Bad Model'"),
+    (["mine", "--kind", "ffn", "--package", "bad name!"], "invalid distribution name 'bad name!'"),
+    (["mine", "--kind", "ffn", "--package", "zoo"], "which is the zoo's own"),
+    (["train", "--kind", "command"], "it is one of the zoo's own commands"),
+    (["my_cmd", "--kind", "command"], "a command's words are joined by '-'"),
+    (["my-cmd", "--kind", "command", "--model", "m"], "a command package adds none"),
 ])
 def test_user_errors_exit_2_without_writing(tmp_path, args, needle):
     p = new_plugin(tmp_path, *args)

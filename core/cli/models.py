@@ -121,6 +121,8 @@ def cmd_plugins(args):
                                             for d, v in sorted(reg.dists.items())},
                           "components": comps, "models": {n: {"dist": s.dist, "version": s.version, "origin": s.origin}
                                                           for n, s in sorted(reg.models.items())},
+                          "commands": [c.info() for _, c in sorted(reg.commands.items())],
+                          "hf_archs": [a.info() for a in reg.hf_archs.values()],
                           "problems": problems}, indent=2, default=str))
         return
     rows = [[c["kind"], c["name"], f"{c['dist']} {c['version']}",
@@ -133,6 +135,13 @@ def cmd_plugins(args):
     print()
     for origin, names in models_by.items():
         print(f"models from {origin}: {', '.join(names)}")
+    for _, c in sorted(reg.commands.items()):
+        print(f"command `zoo {c.name}` from {c.dist} {c.version}: {c.help}")
+    archs_by = {}
+    for a in reg.hf_archs.values():
+        archs_by.setdefault(f"{a.dist} {a.version}", []).append(a.name + ("" if a.matches else " (import only)"))
+    for origin, names in archs_by.items():
+        print(f"Hugging Face architectures from {origin}: {', '.join(names)}")
     for p in problems:
         print(f"FAILED {p['dist']}: {p['reason']}")
 
@@ -239,7 +248,7 @@ def add_cli(sub):
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_show)
 
-    s = sub.add_parser("plugins", help="list every registered component and where it comes from")
+    s = sub.add_parser("plugins", help="list every registered component, model, command and HF mapping, and where it comes from")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_plugins)
 

@@ -6,6 +6,11 @@ a valid JSON Schema or a name another plugin already registered is recorded as a
 distribution (one warning each) and everything else keeps working. ``ZOO_PLUGINS`` (comma-separated
 distribution names) restricts which third-party distributions load; the built-ins always load.
 
+Besides components and models, a package may add ``zoo`` subcommands (``register_commands``) and
+Hugging Face architecture mappings (``register_hf_arch``), both API 1.1; they are collected with the
+same isolation, and a name already taken (a built-in command, or another package's command or
+mapping) is the newcomer's problem.
+
 Versioned API: a plugin module (or the package it lives in) may say which plugin API it was built
 for with a module-level ``ZOO_API = "1.0"``; none means "1.0", the first API. A plugin loads when
 its major version equals ``zoo.PLUGIN_API_VERSION``'s and its minor is not newer; otherwise it is
@@ -68,11 +73,58 @@ class ModelSource:
     origin: str  # where the entry came from: a distribution or a manifest file
 
 
+# The commands of the zoo CLI (zoo.cli): a package cannot register a command of these names.
+# tests/test_cli.py checks that this is exactly the CLI's own list.
+BUILTIN_COMMANDS = frozenset({"bench", "check", "compare", "data", "export", "finetune", "generate", "import",
+                              "list", "lora", "new-plugin", "plugins", "show", "tensorboard", "tokenizer",
+                              "train", "validate"})
+COMMAND_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+
+
+@dataclass
+class Command:
+    """A ``zoo`` subcommand from a package (hook ``register_commands``, API 1.1)."""
+
+    name: str
+    help: str
+    add_arguments: object  # add_arguments(parser): adds its options to an argparse parser
+    run: object  # run(args) -> exit code (None means 0)
+    dist: str
+    version: str
+
+    def info(self) -> dict:
+        return {"name": self.name, "help": self.help, "dist": self.dist, "version": self.version}
+
+
+@dataclass
+class HFArch:
+    """A Hugging Face architecture mapping (hook ``register_hf_arch``, API 1.1), for the config.json
+    ``model_type`` ``name``. ``from_hf(config) -> (manifest entry, dims)`` maps a config onto zoo
+    components and raises :class:`zoo.errors.ZooError` for what none represents;
+    ``tensors(spec, names) -> (plan, ignored)`` lists ``(zoo tensor, [HF tensor names], op)`` with
+    ops that have ``fwd`` and its inverse ``inv`` (``names``: the checkpoint's tensor names; None on
+    export, for the names transformers writes); ``matches(spec) -> [reasons it does not fit]`` and
+    ``to_hf(spec, base_config) -> config.json`` export, and are None for an import-only mapping."""
+
+    name: str
+    from_hf: object
+    tensors: object
+    matches: object
+    to_hf: object
+    dist: str
+    version: str
+
+    def info(self) -> dict:
+        return {"name": self.name, "export": self.matches is not None, "dist": self.dist, "version": self.version}
+
+
 @dataclass
 class Registry:
     components: dict = field(default_factory=lambda: {k: {} for k in KINDS})
     models: dict = field(default_factory=dict)  # name -> ModelSource
     presets: dict = field(default_factory=dict)  # name -> ModelSource
+    commands: dict = field(default_factory=dict)  # name -> Command (API 1.1)
+    hf_archs: dict = field(default_factory=dict)  # HF model_type -> HFArch (API 1.1), built-ins first
     problems: list = field(default_factory=list)  # (dist, reason)
     dists: dict = field(default_factory=dict)  # dist name -> version, for every loaded distribution
     api_versions: dict = field(default_factory=dict)  # dist name -> the plugin API it declares
@@ -308,6 +360,8 @@ def _discover(extra_plugins, use_entry_points, check_model, interrupts) -> Regis
                  lambda *a, _k=kind, **kw: _add_component(reg, _k, *a, **kw))
     _collect(reg, pm, "register_models", plugin_dist, interrupts,
              lambda *a, **kw: _add_model(reg, *a, check=check_model, **kw))
+    _collect(reg, pm, "register_commands", plugin_dist, interrupts, lambda *a, **kw: _add_command(reg, *a, **kw))
+    _collect(reg, pm, "register_hf_arch", plugin_dist, interrupts, lambda *a, **kw: _add_hf_arch(reg, *a, **kw))
     return reg
 
 
@@ -333,7 +387,10 @@ def _collect(reg, pm, hookname, plugin_dist, interrupts, add):
         for args, kwargs in staged:
             try:
                 add(*args, dist=dist, version=version, **kwargs)
-            except Exception as e:
+            except BaseException as e:  # add may run plugin code (a command's add_arguments)
+                if not interrupts.plugin_failure(e):
+                    raise
+                interrupts.check()
                 reg.problems.append((dist, f"{hookname}: {e}"))
 
 
@@ -371,3 +428,38 @@ def _add_model(reg, name, entry, *, preset=False, dist, version, origin=None, ch
     if check:
         check(what, name, entry, origin or dist)
     table[name] = ModelSource(entry, dist, version, origin or f"{dist} {version}")
+
+
+def _add_command(reg, name, help, add_arguments, run, *, dist, version):
+    if not isinstance(name, str) or not COMMAND_RE.fullmatch(name):
+        raise ValueError(f"command name {name!r} is not lower-case words joined by '-' (e.g. 'toys-hello')")
+    if name in BUILTIN_COMMANDS:
+        raise ValueError(f"command {name!r} is one of the zoo's own commands; choose another name "
+                         f"(e.g. prefixed with the package's)")
+    if name in reg.commands:
+        raise ValueError(f"command {name!r} is already registered by {reg.commands[name].dist!r}")
+    if not isinstance(help, str):
+        raise TypeError(f"command {name!r}: help must be a string, got {help!r}")
+    if not callable(add_arguments) or not callable(run):
+        raise TypeError(f"command {name!r}: add_arguments and run must be callables")
+    import argparse
+    try:  # run once on a scratch parser, so a broken one is this package's problem, not the CLI's
+        add_arguments(argparse.ArgumentParser(prog=f"zoo {name}", add_help=False))
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise ValueError(f"command {name!r}: add_arguments(parser) raised {_describe(e)}") from None
+    reg.commands[name] = Command(name, help, add_arguments, run, dist, version)
+
+
+def _add_hf_arch(reg, name, from_hf, tensors, matches=None, to_hf=None, *, dist, version):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"HF architecture name (a config.json model_type) must be a non-empty string, got {name!r}")
+    if name in reg.hf_archs:
+        raise ValueError(f"HF architecture {name!r} is already mapped by {reg.hf_archs[name].dist!r}")
+    if not callable(from_hf) or not callable(tensors):
+        raise TypeError(f"HF architecture {name!r}: from_hf and tensors must be callables")
+    if (matches is None) != (to_hf is None) or (matches is not None and not (callable(matches) and callable(to_hf))):
+        raise ValueError(f"HF architecture {name!r}: matches and to_hf go together (both callables for a mapping "
+                         f"that exports, both None for one that only imports)")
+    reg.hf_archs[name] = HFArch(name, from_hf, tensors, matches, to_hf, dist, version)

@@ -70,6 +70,11 @@ class GroupedQueryAttention(nn.Module):
         return max(d for d in range(1, max(1, dims.n_heads // 4) + 1) if dims.n_heads % d == 0)
 
     @classmethod
+    def sizes(cls, dims, params):
+        """``n_kv_heads`` (with the default applied) and ``head_dim`` (d_model / n_heads)."""
+        return {"n_kv_heads": cls.kv_heads(dims, params), "head_dim": dims.head_dim}
+
+    @classmethod
     def validate_spec(cls, dims, params):
         n = cls.kv_heads(dims, params)
         if dims.n_heads % n:

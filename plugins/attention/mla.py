@@ -116,6 +116,12 @@ class MultiHeadLatentAttention(nn.Module):
         self.scale = softmax_scale or 1.0 / math.sqrt(qk)
 
     @classmethod
+    def sizes(cls, dims, params):
+        """The sizes :func:`mla_sizes` resolves, by the names of the params (q_lora_rank None: none)."""
+        return dict(zip(("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
+                        mla_sizes(dims, params)))
+
+    @classmethod
     def validate_spec(cls, dims, params):
         rope = mla_sizes(dims, params)[3]
         if rope % 2:

@@ -18,11 +18,16 @@ TAGS = {"token_wise": True}
 class MLP(nn.Module):
     def __init__(self, dims, hidden_mult=4, approximate="none"):
         super().__init__()
-        hidden = int(hidden_mult * dims.d_model)
+        hidden = self.sizes(dims, {"hidden_mult": hidden_mult})["hidden"]
         self.fc = nn.Linear(dims.d_model, hidden, bias=dims.bias)
         self.proj = init_residual_(nn.Linear(hidden, dims.d_model, bias=dims.bias))
         self.approximate = approximate
         self.drop = nn.Dropout(dims.dropout)
+
+    @classmethod
+    def sizes(cls, dims, params):
+        """``hidden``: the hidden width, hidden_mult x d_model rounded down."""
+        return {"hidden": int(params.get("hidden_mult", 4) * dims.d_model)}
 
     def flops_per_token(self, seq_len):
         """Forward FLOPs per token: 2 per weight of the two (three) matmuls."""

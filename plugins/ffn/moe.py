@@ -178,6 +178,16 @@ class MoE(nn.Module):
         return int(p.get("hidden_mult", 4) * dims.d_model)
 
     @classmethod
+    def sizes(cls, dims, params):
+        """``expert_hidden``: a swiglu/mlp expert's hidden width (None for experts of another plugin,
+        which have their own sizes); ``shared_hidden``: the shared SwiGLU's (0 without shared experts)."""
+        expert = params.get("expert") or {"name": "swiglu", "params": {}}
+        hidden = cls._hidden(dims, expert, params.get("expert_hidden_mult")) if expert["name"] in STACKED else None
+        n = params.get("n_shared", 0)  # as __init__ builds them: n x an expert's width, or SwiGLU's own
+        shared = (n * hidden if hidden else cls._hidden(dims, {"name": "swiglu"}, None)) if n else 0
+        return {"expert_hidden": hidden, "shared_hidden": shared}
+
+    @classmethod
     def validate_spec(cls, dims, params):
         out = []
         if params.get("top_k", 2) > params.get("n_experts", 8):

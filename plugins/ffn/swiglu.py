@@ -18,11 +18,18 @@ TAGS = {"token_wise": True}
 class SwiGLU(nn.Module):
     def __init__(self, dims, hidden=None, multiple_of=64):
         super().__init__()
-        if hidden is None:
-            hidden = -(-int(8 * dims.d_model / 3) // multiple_of) * multiple_of
+        hidden = self.sizes(dims, {"hidden": hidden, "multiple_of": multiple_of})["hidden"]
         self.gate_up = nn.Linear(dims.d_model, 2 * hidden, bias=dims.bias)
         self.down = init_residual_(nn.Linear(hidden, dims.d_model, bias=dims.bias))
         self.drop = nn.Dropout(dims.dropout)
+
+    @classmethod
+    def sizes(cls, dims, params):
+        """``hidden``: the width of gate and up, ``hidden`` or 8/3 x d_model rounded up to ``multiple_of``."""
+        if params.get("hidden"):
+            return {"hidden": params["hidden"]}
+        m = params.get("multiple_of") or 64
+        return {"hidden": -(-int(8 * dims.d_model / 3) // m) * m}
 
     def flops_per_token(self, seq_len):
         """Forward FLOPs per token: 2 per weight of the two (three) matmuls."""

@@ -10,7 +10,7 @@ directory it writes is a finished run like ``zoo train`` leaves behind: ``ckpt.p
 ``tokenizer.json`` and a ``manifest.json`` holding the model as a named entry and its sizes as a
 preset, so ``zoo --manifest RUN/manifest.json show NAME`` works too.
 
-    architecture   zoo components
+    architecture   zoo components (the built-in mappings, zoo_plugins.hf.archs)
     gpt2           learned + mha + mlp (GELU, tanh or exact) + LayerNorm, tied head
     llama          rope (+ linear / llama3 / yarn scaling) + gqa + swiglu + RMSNorm
     mistral        as llama, + the sliding window of gqa
@@ -19,7 +19,8 @@ preset, so ``zoo --manifest RUN/manifest.json show NAME`` works too.
 
 Export writes the layout back (config.json, model.safetensors, the tokenizer where it is a Hugging
 Face one) for specs one of these architectures can express, so ``transformers`` loads it. The
-mappings themselves live in :mod:`zoo.interop.hf.archs`. Safetensors are read and written by
+mappings are plugins (hook ``register_hf_arch``, plugin API 1.1), looked up in the registry by
+:mod:`zoo.interop.hf.archs`; a package adds its own the same way. Safetensors are read and written by
 :mod:`zoo.io.safetensors`; ``transformers`` is needed only for
 hub downloads and the parity tests.
 """
@@ -46,7 +47,7 @@ from ...spec.manifest import check_entry
 from ...spec.resolve import resolve_spec
 from ...tokenizers import from_config, get_tokenizer
 from ...version import __version__
-from .archs import EXPORTABLE, DeepseekV2, arch_for
+from .archs import arch_for, export_arch
 
 CONFIG = "config.json"
 INSTALL_HINT = "pip install 'zoo[hf]'"
@@ -204,7 +205,7 @@ def _safe_name(text: str) -> str:
 
 def spec_from_config(cfg: dict, name: str, block_size: int | None = None):
     """(spec, entry, preset) of a Hugging Face config, validated as any manifest entry is."""
-    entry, dims = arch_for(cfg).entry(cfg)
+    entry, dims = arch_for(cfg).from_hf(cfg)
     if block_size:
         dims["block_size"] = block_size
     preset = {**dims, "dropout": 0.0, "description": f"sizes of {name} (imported)"}
@@ -312,23 +313,9 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
 
 # ---- export -------------------------------------------------------------------------------------
 
-def export_arch(spec: dict):
-    reasons = {}
-    for a in EXPORTABLE:
-        why = a.matches(spec)
-        if spec.get("layers") and a is not DeepseekV2:
-            why = why + ["it sets per-layer components (layers)"]
-        if not why:
-            return a
-        reasons[a.model_type] = why
-    detail = "; ".join(f"not {k}: {', '.join(v)}" for k, v in reasons.items())
-    raise ZooError(f"cannot export {spec['name']!r} to Hugging Face: its components match no architecture the "
-                   f"zoo exports ({detail}).")
-
-
 def convert_from_zoo(spec: dict, sd: dict, arch) -> dict:
     """The Hugging Face tensors of a zoo state dict: the inverse of :func:`convert_to_zoo`."""
-    plan, _ = arch.tensors(spec, {arch.probe})  # the names as transformers saves them (with the prefix)
+    plan, _ = arch.tensors(spec, None)  # the names as transformers saves them (with the prefix)
     out = {}
     for zname, hnames, op in plan:
         try:
@@ -349,7 +336,7 @@ def export_hf(run, out, force: bool = False) -> Path:
     if spec.get("lora"):
         spec, sd = merged_state_dict(ckpt)
     arch = export_arch(spec)
-    cfg = arch.config(spec, ckpt.get("hf", {}).get("config"))
+    cfg = arch.to_hf(spec, ckpt.get("hf", {}).get("config"))
     dtype = next(iter(sd.values())).dtype
     cfg["torch_dtype"] = dtype_name(dtype)
     base = (ckpt.get("hf") or {}).get("config") or {}

@@ -1,5 +1,5 @@
 """The tensor operations of a Hugging Face mapping: ``fwd`` (HF tensors -> the zoo tensor) and its
-exact inverse ``inv``, so export undoes import; and the hidden widths of SwiGLU and MoE experts."""
+exact inverse ``inv``, so export undoes import. Mappings import them from :mod:`.mapping`."""
 from __future__ import annotations
 
 
@@ -104,21 +104,6 @@ class RopeRows(Copy):
 
     def inv(self, t):
         return [self._apply(t, self.back)]
-
-
-def swiglu_hidden(params, d_model):
-    """The hidden width of a swiglu ffn (its own default when ``hidden`` is not set)."""
-    if params.get("hidden"):
-        return params["hidden"]
-    m = params.get("multiple_of", 64)
-    return -(-int(8 * d_model / 3) // m) * m
-
-
-def expert_hidden(spec, p):
-    """The hidden width of a moe's swiglu experts, as the moe component resolves it."""
-    if p.get("expert_hidden_mult"):
-        return -(-int(p["expert_hidden_mult"] * spec["d_model"]) // 8) * 8
-    return swiglu_hidden((p.get("expert") or {}).get("params", {}), spec["d_model"])
 
 
 def torch_cat(parts):

@@ -1,0 +1,1 @@
+"""The built-in Hugging Face architecture mappings, registered through the hook register_hf_arch."""
