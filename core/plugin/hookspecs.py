@@ -1,4 +1,4 @@
-"""The zoo's hooks: one per component kind, plus one for named models.
+"""The zoo's hooks: one per component kind (attention, posenc, ffn, head), plus one for named models.
 
 Every hook receives a ``register`` callback, in the spirit of simonw/llm. Built-in components
 use exactly these hooks, declared as entry points of the group ``zoo`` in pyproject.toml.
@@ -26,6 +26,11 @@ def register_posenc(register):
 @hookspec
 def register_ffn(register):
     """Call ``register(name, cls, params_schema, tags)`` for each feed-forward layer."""
+
+
+@hookspec
+def register_head(register):
+    """Call ``register(name, cls, params_schema, tags)`` for each output head (and its loss)."""
 
 
 @hookspec
