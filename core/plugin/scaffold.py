@@ -16,7 +16,6 @@ from pathlib import Path
 
 from ..errors import ZooError
 from ..version import PLUGIN_API_VERSION, __version__
-from .contract import KINDS
 
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 CLASS_SUFFIX = {"attention": "Attention", "posenc": "PosEnc", "ffn": "FFN"}
@@ -30,8 +29,8 @@ def names_for(name: str, kind: str) -> dict:
     if not NAME_RE.fullmatch(name or ""):
         raise ZooError(f"invalid plugin name {name!r}: use lower-case letters and digits, starting with a "
                        f"letter, words joined by '-' or '_' (e.g. 'relu2' or 'my-attention').")
-    if kind not in KINDS:
-        raise ZooError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    if kind not in CLASS_SUFFIX:  # the kinds there are templates for
+        raise ZooError(f"unknown kind {kind!r}; choose one of {', '.join(CLASS_SUFFIX)}.")
     words = re.split(r"[-_]", name)
     module = "_".join(words)
     if module == "models":  # the package's models module has that name

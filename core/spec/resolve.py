@@ -223,7 +223,7 @@ def _layer_problems(reg, spec: dict) -> list[str]:
             if kind not in override or (kind == "ffn" and no_ffn(override[kind])):
                 continue
             comp = reg.get(kind, override[kind]["name"])
-            if kind == "attention" and pe.tags.get("kind") not in posenc_accepted(comp):
+            if kind == "attention" and pe.tags.get("kind") not in posenc_accepted(comp.tags):
                 out.append(f"at layers[{i}].attention.name: {_not_accepted(reg, comp, pe)}")
             for msg in spec_problems(comp.cls, dims_of(spec, first), override[kind]["params"]):
                 out.append(f"at layers[{i}].{kind}.params: {msg}.")
@@ -232,26 +232,27 @@ def _layer_problems(reg, spec: dict) -> list[str]:
 
 # ---- positional encodings: which mixers use them ---------------------------------------------------
 
-def posenc_uses(att) -> list:
-    """The posenc kinds a mixer (a registered attention component) uses: tag ``posenc``, default all.
-    Absolute encodings are applied by the model at the embedding, so a mixer that accepts them uses them."""
-    return list(att.tags.get("posenc", POSENC_KINDS))
+def posenc_uses(tags: dict) -> list:
+    """The posenc kinds a mixer uses, from its tags: ``posenc``, default all. Absolute encodings are
+    applied by the model at the embedding, so a mixer that accepts them uses them."""
+    return list(tags.get("posenc", POSENC_KINDS))
 
 
-def posenc_ignores(att) -> list:
-    """The posenc kinds a mixer runs with but does not use: tag ``posenc_ignores``, default none."""
-    return list(att.tags.get("posenc_ignores", ()))
+def posenc_ignores(tags: dict) -> list:
+    """The posenc kinds a mixer runs with but does not use, from its tags: ``posenc_ignores``, default none."""
+    return list(tags.get("posenc_ignores", ()))
 
 
-def posenc_accepted(att) -> list:
-    return posenc_uses(att) + [k for k in posenc_ignores(att) if k not in posenc_uses(att)]
+def posenc_accepted(tags: dict) -> list:
+    """The kinds a mixer accepts: those it uses and those it ignores."""
+    return posenc_uses(tags) + [k for k in posenc_ignores(tags) if k not in posenc_uses(tags)]
 
 
 def _not_accepted(reg, att, pe) -> str:
     kind = pe.tags.get("kind")
-    ok = sorted(n for n, c in reg.components["posenc"].items() if c.tags.get("kind") in posenc_accepted(att))
+    ok = sorted(n for n, c in reg.components["posenc"].items() if c.tags.get("kind") in posenc_accepted(att.tags))
     return (f"attention {att.name!r} does not accept {kind} encodings like {pe.name!r}; use one of {ok} (it "
-            f"uses {posenc_uses(att)} and ignores {posenc_ignores(att)}: tags posenc, posenc_ignores).")
+            f"uses {posenc_uses(att.tags)} and ignores {posenc_ignores(att.tags)}: tags posenc, posenc_ignores).")
 
 
 def _layers_text(spec, firsts_counts) -> str:
@@ -274,14 +275,14 @@ def _unused_posenc(reg, spec, pe) -> list[str]:
     by_att = {}  # attention name -> [(first layer, count)]
     for first, count in layer_groups(spec):
         name = layer_components(spec, first)["attention"]["name"]
-        if kind in posenc_uses(reg.get("attention", name)):
+        if kind in posenc_uses(reg.get("attention", name).tags):
             return []
         by_att.setdefault(name, []).append((first, count))
     who = "; ".join(f"attention {a!r} at {_layers_text(spec, g)}" for a, g in by_att.items())
     ok = sorted(n for n, c in reg.components["posenc"].items()
-                if all(c.tags.get("kind") in posenc_accepted(reg.get("attention", a)) for a in by_att)
+                if all(c.tags.get("kind") in posenc_accepted(reg.get("attention", a).tags) for a in by_att)
                 and c.tags.get("kind") in ("none", "absolute"))
-    users = sorted(n for n, c in reg.components["attention"].items() if kind in posenc_uses(c))
+    users = sorted(n for n, c in reg.components["attention"].items() if kind in posenc_uses(c.tags))
     return [f"at posenc.name: posenc {pe.name!r} is a {kind} encoding that no layer's mixer uses ({who}: "
             f"each ignores {kind} encodings, tag posenc_ignores). Choose a posenc they work with (e.g. "
             f"{ok}), or give some layers a mixer that uses {kind} encodings (e.g. {users}) with a \"layers\" "
@@ -306,7 +307,7 @@ def cross_field_problems(reg, spec: dict) -> list[str]:
     kind = pe.tags.get("kind")
     if kind not in POSENC_KINDS:
         out.append(f"posenc {pe.name!r} (from {pe.dist}) declares kind {kind!r}; it must be one of {POSENC_KINDS}.")
-    if kind not in posenc_accepted(att):
+    if kind not in posenc_accepted(att.tags):
         out.append(f"at posenc.name: {_not_accepted(reg, att, pe)}")
     head = spec.get("head", DEFAULT_HEAD)
     comps = [("attention", att), ("posenc", pe), ("head", reg.get("head", head["name"]))]

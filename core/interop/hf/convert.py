@@ -313,6 +313,10 @@ def import_hf(source: str, out, name: str | None = None, tokenizer: str | None =
 # ---- export -------------------------------------------------------------------------------------
 
 def export_arch(spec: dict):
+    head = (spec.get("head") or {}).get("name", "next_token")
+    if head != "next_token":
+        raise ZooError(f"cannot export {spec['name']!r} to Hugging Face: its head is {head!r}, and the architectures "
+                       f"the zoo exports predict the next token with a plain output projection (head next_token).")
     reasons = {}
     for a in EXPORTABLE:
         why = a.matches(spec)
