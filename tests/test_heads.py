@@ -102,6 +102,7 @@ def test_toy_head_trains_with_its_parameter_and_aux_loss(toy_reg):
     with torch.no_grad():
         idx = torch.randint(0, spec["vocab_size"], (2, 8))
         logits, _ = model(idx)
+    torch.testing.assert_close(logits * model.head.log_temp.exp(), model.lm_head(model.norm_f(_hidden(model, idx))))
     # flops: the head reports its own (projection + temperature), in place of the lm_head estimate
     base = model_flops_per_token(build_from_spec(zoo.resolve("gpt2", "tiny")), 32)["forward"]
     assert model_flops_per_token(model, 32)["forward"] == base + spec["vocab_size"]

@@ -283,10 +283,10 @@ def _unused_posenc(reg, spec, pe) -> list[str]:
                 if all(c.tags.get("kind") in posenc_accepted(reg.get("attention", a).tags) for a in by_att)
                 and c.tags.get("kind") in ("none", "absolute"))
     users = sorted(n for n, c in reg.components["attention"].items() if kind in posenc_uses(c.tags))
-    return [f"at posenc.name: posenc {pe.name!r} is a {kind} encoding that no layer's mixer uses ({who}: "
+    return [(f"at posenc.name: posenc {pe.name!r} is a {kind} encoding that no layer's mixer uses ({who}: "
             f"each ignores {kind} encodings, tag posenc_ignores). Choose a posenc they work with (e.g. "
             f"{ok}), or give some layers a mixer that uses {kind} encodings (e.g. {users}) with a \"layers\" "
-            f"override."]
+            f"override.")]
 
 
 def dims_of(spec: dict, layer: int = 0) -> Dims:

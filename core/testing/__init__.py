@@ -130,14 +130,14 @@ def model_for(comp, reg=None, partner=None, dims=DIMS, seed=0):
     reg = reg or get_registry()
     if comp.kind == "attention":
         pe = partner or _reference(reg, "posenc", "none", lambda p: p in _partners(comp, reg))
-        parts = dict(attention=comp, posenc=pe, ffn=_reference(reg, "ffn", "mlp"))
+        parts = {"attention": comp, "posenc": pe, "ffn": _reference(reg, "ffn", "mlp")}
     elif comp.kind == "posenc":
         att = partner or _reference(reg, "attention", "mha", lambda a: a in _partners(comp, reg))
-        parts = dict(attention=att, posenc=comp, ffn=_reference(reg, "ffn", "mlp"))
+        parts = {"attention": att, "posenc": comp, "ffn": _reference(reg, "ffn", "mlp")}
     else:
         pe = _reference(reg, "posenc", "none")
-        parts = dict(attention=_reference(reg, "attention", "mha", lambda a: pe in _partners(a, reg)), posenc=pe,
-                     ffn=comp if comp.kind == "ffn" else _reference(reg, "ffn", "mlp"))
+        parts = {"attention": _reference(reg, "attention", "mha", lambda a: pe in _partners(a, reg)), "posenc": pe,
+                 "ffn": comp if comp.kind == "ffn" else _reference(reg, "ffn", "mlp")}
         if comp.kind == "head":
             parts["head"] = comp
     for c in parts.values():
