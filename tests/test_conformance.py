@@ -5,7 +5,7 @@ import torch.nn as nn
 import zoo
 from zoo.components import KVCache, causal_sdpa
 from zoo.plugin.registry import Component
-from zoo.testing import checks_for, parametrize_with_checks, run_checks
+from zoo.testing import check_report, checks_for, parametrize_with_checks, run_checks
 from zoo_plugins.attention.gqa import GroupedQueryAttention, TAGS as GQA_TAGS, MHA_PARAMS
 from zoo_plugins.ffn.mlp import MLP, PARAMS as MLP_PARAMS, TAGS as MLP_TAGS
 
@@ -19,7 +19,8 @@ def test_kit_covers_every_registered_component():
     reg = zoo.get_registry()
     for comp in reg.list_components():
         names = {c.name for c in checks_for(comp)}
-        assert {"check_causality", "check_output_shape", "check_gradients"} <= names, comp.name
+        own = {"check_head_logits_and_loss"} if comp.kind == "head" else {"check_output_shape"}
+        assert {"check_causality", "check_gradients"} | own <= names, comp.name
 
 
 # ---- broken components: the kit must fail them -------------------------------------------------
@@ -119,3 +120,63 @@ def test_sdpa_helper_masks_empty_cache_slots():
     k_pos = torch.tensor([0, -1, -1])  # only slot 0 holds a token
     y = causal_sdpa(q, k, v, torch.tensor([0]), k_pos)
     torch.testing.assert_close(y, v[:, :, :1])
+
+
+# ---- positional encodings must reach the mixer ---------------------------------------------------
+
+class DeafAttention(GroupedQueryAttention):
+    """Accepts every encoding but ignores posenc.rotate and posenc.bias (the attention of issue #13)."""
+
+    def __init__(self, dims, **params):
+        super().__init__(dims, n_kv_heads=dims.n_heads, **params)
+
+    def forward(self, x, posenc, pos, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        y = causal_sdpa(q, k, v, pos, pos, full_causal=True)  # no rotate, no bias
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class RotaryOnlyDeafAttention(DeafAttention):
+    """Applies rotary encodings but drops the additive bias."""
+
+    def forward(self, x, posenc, pos, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = posenc.rotate(q, pos), posenc.rotate(k, pos)
+        y = causal_sdpa(q, k, v, pos, pos, full_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def _deaf(cls, **tags):
+    return Component("attention", "deaf", cls, MHA_PARAMS, dict(GQA_TAGS, kv_cache=False, sliding_window=None, **tags),
+                     "test", "0")
+
+
+def test_kit_fails_an_attention_that_ignores_rotate_and_bias():
+    st, msg = _status(_deaf(DeafAttention)), _messages(_deaf(DeafAttention))
+    assert st["check_posenc_changes_output"] == "failed"
+    assert "rotary posenc 'rope'" in msg["check_posenc_changes_output"]
+    assert st["check_causality"] == "passed" and st["check_every_partner"] == "passed"  # only the new check sees it
+    half = _messages(_deaf(RotaryOnlyDeafAttention))["check_posenc_changes_output"]
+    assert "bias posenc 'alibi'" in half and "posenc.bias" in half
+
+
+def test_a_mixer_that_declares_it_ignores_relative_encodings_passes():
+    comp = _deaf(DeafAttention, posenc=["absolute", "none"], posenc_ignores=["rotary", "bias"])
+    rep = check_report(comp)
+    assert all(c["status"] == "passed" for c in rep["checks"]), rep
+    assert {"check": "check_posenc_changes_output", "reason": "it uses no rotary or bias encoding (tag posenc)"} \
+        in rep["skipped"]
+
+
+def test_check_report_names_skipped_checks_and_partners():
+    reg = zoo.get_registry()
+    rep = check_report(reg.get("attention", "mla"))
+    skipped = {s["check"]: s["reason"] for s in rep["skipped"]}
+    assert "sliding_window" in skipped["check_sliding_window_cache_matches_full"]
+    partners = {c["check"]: set(c["partners"]) for c in rep["checks"]}
+    assert {"posenc/rope", "posenc/alibi", "posenc/learned"} <= partners["check_every_partner"]
+    assert partners["check_posenc_changes_output"] == {"posenc/rope", "posenc/alibi"}
+    assert partners["check_output_shape"] == set()  # built alone
+    assert "ffn/mlp" in partners["check_causality"]

@@ -185,7 +185,7 @@ def test_zoo_plugins_allowlist(site):
                                           ("1.2", False), ("1.99", False), ("2.0", False), ("0.9", False),
                                           ("one", False)])
 def test_api_compatibility_rule(declared, ok):
-    # same major, minor not newer than ours (this zoo provides 1.1: 1.0 plugins keep loading)
+    # same major, minor not newer than ours (this zoo provides 1.1: the hooks of issue #13 were added)
     assert PLUGIN_API_VERSION == "1.1"
     why = api_problem(declared, "plugin x", "zoo-x")
     assert (why is None) == ok, why

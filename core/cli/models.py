@@ -101,8 +101,9 @@ def _component_params(spec):
     groups = block_groups(spec)
     out = {}
     for kind, attr in SLOT_ATTR.items():
-        counts = [(sum(p.numel() for p in getattr(b, attr).parameters()), n, type(getattr(b, attr)).__name__)
-                  for _, n, b in groups]
+        parts = [(getattr(b, attr), n) for _, n, b in groups]  # an ffn is None in a layer with ffn: none
+        counts = [(0, n, "none") if m is None else (sum(p.numel() for p in m.parameters()), n, type(m).__name__)
+                  for m, n in parts]
         if len({(c, name) for c, _, name in counts}) == 1:
             per = f"{counts[0][0]:,} per layer ({counts[0][2]})"
         else:  # layers that differ (per-layer overrides), in the order of their first layer
@@ -202,36 +203,46 @@ def _with_entries(reg, data, path):
 
 
 def cmd_check(args):
-    from ..testing import run_checks
+    """The kit on registered components: a table (passed, known failures, skipped checks, partner
+    components exercised) and, under it, each failure and each skipped check with its reason;
+    ``--json``: every check with its status, message and partners, and the skipped checks."""
+    from ..testing import check_report
     reg = get_registry()
     kinds = [args.kind] if args.kind else list(KINDS)
     comps = []
     for k in kinds:
         if k not in reg.components:
-            raise ZooError(f"unknown kind {k!r}; choose attention, posenc or ffn.")
+            raise ZooError(f"unknown kind {k!r}; choose one of {', '.join(KINDS)}.")
         comps += [reg.get(k, args.name)] if args.name else reg.list_components(k)
     rows, failed, results = [], 0, []
     for c in comps:
-        res = run_checks(c)
-        bad = [(n, s, m) for n, s, m in res if s in ("failed", "xpass")]
+        rep = check_report(c)
+        res = rep["checks"]
+        bad = [ch for ch in res if ch["status"] in ("failed", "xpass")]
         failed += len(bad)
-        status = "FAIL" if bad else "ok"
-        n_ok = sum(s == "passed" for _, s, _ in res)
-        n_x = sum(s == "xfail" for _, s, _ in res)
-        rows.append([c.kind, c.name, c.dist, f"{n_ok}/{len(res)}", n_x, status])
-        results.append({"kind": c.kind, "name": c.name, "dist": c.dist,
-                        "checks": [{"check": n, "status": s, "message": m} for n, s, m in res]})
+        n_ok = sum(ch["status"] == "passed" for ch in res)
+        n_x = sum(ch["status"] == "xfail" for ch in res)
+        partners = sorted({p for ch in res for p in ch["partners"]})
+        rows.append([c.kind, c.name, c.dist, f"{n_ok}/{len(res)}", n_x, len(rep["skipped"]),
+                     ", ".join(partners) or "-", "FAIL" if bad else "ok"])
+        results.append({"kind": c.kind, "name": c.name, "dist": c.dist, "checks": res, "skipped": rep["skipped"],
+                        "partners": partners})
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(table(rows, ["kind", "name", "distribution", "passed", "known failures", "status"]))
+        print(table(rows, ["kind", "name", "distribution", "passed", "known failures", "skipped", "partners",
+                           "status"]))
         for r in results:
             for ch in r["checks"]:
                 if ch["status"] in ("failed", "xpass"):
                     why = ch["message"] if ch["status"] == "failed" else "listed as a known failure but passed"
                     print(f"  {r['kind']}/{r['name']} {ch['check']}: {why}")
+        skipped = [(r, sk) for r in results for sk in r["skipped"]]
+        if skipped:
+            print("skipped:")
+            for r, sk in skipped:
+                print(f"  {r['kind']}/{r['name']} {sk['check']}: {sk['reason']}")
     return 1 if failed else 0
-
 
 
 def add_cli(sub):

@@ -32,6 +32,7 @@ min-p (Nguyen et al. 2024, arXiv:2407.01082), then a draw from a ``torch.Generat
 from __future__ import annotations
 
 from ..errors import ZooError
+from ..plugin.protocols import max_positions_of
 from .sampling import SamplingParams, next_token_probs
 
 
@@ -46,7 +47,7 @@ def _unwrap(model):
 def context_window(model):
     """(window, bounded): how many positions a step may attend to, and whether generation must stop
     there (a learned table of positions) rather than slide (every other encoding)."""
-    limit = model.posenc.max_positions() if hasattr(model.posenc, "max_positions") else None
+    limit = max_positions_of(model.posenc)
     return (model.block_size, False) if limit is None else (limit, True)
 
 

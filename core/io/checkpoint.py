@@ -27,7 +27,7 @@ from ..nn.transformer import build_from_spec
 from ..plugin.contract import KINDS, LAYER_KINDS
 from ..plugin.registry import _norm
 from ..spec.catalog import get_registry
-from ..spec.resolve import check_spec_schema, validate_spec
+from ..spec.resolve import check_spec_schema, no_ffn, validate_spec
 from ..tokenizers import from_config, load_config
 from .atomic import write_atomically
 
@@ -60,11 +60,12 @@ def providers_of(spec: dict, reg=None) -> list[dict]:
 
 
 def component_refs(spec: dict):
-    """(kind, {"name", "params"}) of every component a spec names, per-layer overrides included."""
-    refs = [(kind, spec[kind]) for kind in KINDS]
+    """(kind, {"name", "params"}) of every component a spec names, per-layer overrides included
+    (``ffn: none`` is no component; a spec from before heads names no head)."""
+    refs = [(kind, spec[kind]) for kind in KINDS if isinstance(spec.get(kind), dict)]
     for extra in spec.get("layers", []) or []:
         refs += [(kind, extra[kind]) for kind in LAYER_KINDS if kind in extra]
-    return refs
+    return [(kind, ref) for kind, ref in refs if not (kind == "ffn" and no_ffn(ref))]
 
 
 def save_checkpoint(path, payload: dict):

@@ -1,8 +1,11 @@
 """The Transformer assembled from components (in the spirit of nanoGPT's model.py).
 
 Token embedding -> positional encoding's ``embed`` -> N pre-norm residual blocks (attention with the
-encoding passed at call time, then the feed-forward layer) -> final norm -> output head, tied to
-the token embedding when ``tie_weights``. GPT-2 initialisation: N(0, 0.02), residual output
+encoding passed at call time, then the feed-forward layer, if the layer has one) -> the head (a
+component, next-token prediction by default), which applies the final norm and the output
+projection (tied to the token embedding when ``tie_weights``) and computes the loss. ``norm_f``,
+``lm_head`` and ``wte`` belong to the model and are shared with the head; a head's own parameters
+are under ``head.``. GPT-2 initialisation: N(0, 0.02), residual output
 projections scaled by 1/sqrt(2 * n_layers) (Radford et al. 2019).
 """
 from __future__ import annotations
@@ -11,31 +14,41 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ZooError
-from ..plugin.contract import SLOT_ATTR
-from ..plugin.protocols import carries_state
+from ..plugin.contract import DEFAULT_HEAD, SLOT_ATTR
+from ..plugin.protocols import HasAuxLoss, carries_state, is_residual
 from ..spec.catalog import get_registry
-from ..spec.resolve import dims_of, layer_components, layer_groups, layer_spec
+from ..spec.resolve import dims_of, layer_components, layer_groups, layer_spec, no_ffn
 from .cache import CarriedState, ModelCache
 from .ops import make_norm
 
 
 class Block(nn.Module):
+    """A pre-norm residual block: the token mixer, then the ffn. ``ffn_cls`` None (``"ffn": "none"``)
+    is a block without an ffn and without its norm (``ffn`` and ``norm2`` are None)."""
+
     def __init__(self, spec, attention_cls, ffn_cls, layer):
         super().__init__()
         dims = dims_of(spec, layer)
         self.layer = layer
         self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.attn = attention_cls(dims, **spec["attention"]["params"])
-        self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
-        self.ffn = ffn_cls(dims, **spec["ffn"]["params"])
+        self.norm2 = self.ffn = None
+        if ffn_cls is not None:
+            self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
+            self.ffn = ffn_cls(dims, **spec["ffn"]["params"])
+
+    def components(self):
+        """(kind, module) of the layer components this block has: the attention, and the ffn unless none."""
+        return [(kind, getattr(self, attr)) for kind, attr in SLOT_ATTR.items() if getattr(self, attr) is not None]
 
     def forward(self, x, posenc, pos, cache=None, state=None):  # x: (B, T, C)
         """``state``: the model's :class:`zoo.nn.cache.CarriedState` (training on contiguous windows);
         a mixer that carries state reads and replaces its entry through ``forward_state``."""
         x = x + self._mix(self.norm1(x), posenc, pos, cache, state)  # (B, T, C)
+        if self.ffn is None:
+            return x
         return x + self.ffn(self.norm2(x))  # (B, T, C)
 
     def _mix(self, h, posenc, pos, cache, state):  # h: (B, T, C)
@@ -45,15 +58,25 @@ class Block(nn.Module):
         return y  # (B, T, C)
 
 
+def component_classes(reg):
+    """``component_cls(kind, name)`` from a registry: the class, None for ``ffn: none``."""
+    def component_cls(kind, name):
+        return None if kind == "ffn" and no_ffn(name) else reg.get(kind, name).cls
+    return component_cls
+
+
 class Transformer(nn.Module):
     """A decoder-only language model built from a resolved spec and the component classes."""
 
-    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None):
+    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None, head_cls=None):
         """``component_cls(kind, name)`` gives the class of a component that a ``layers`` override
-        names (default: from the registry); the model-wide classes are given directly."""
+        or the spec's ``head`` names (default: from the registry); the model-wide classes are given
+        directly. ``ffn_cls`` None: no ffn (``"ffn": "none"``)."""
         super().__init__()
         self.spec = spec
         dims = dims_of(spec)
+        if component_cls is None:
+            component_cls = component_classes(get_registry())
         self.wte = nn.Embedding(spec["vocab_size"], spec["d_model"])
         self.posenc = posenc_cls(dims, **spec["posenc"]["params"])
         self.drop = nn.Dropout(spec["dropout"])
@@ -63,20 +86,35 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(spec["d_model"], spec["vocab_size"], bias=False)
         if spec["tie_weights"]:
             self.lm_head.weight = self.wte.weight
+        head = spec.get("head", DEFAULT_HEAD)
+        self.head = (head_cls or component_cls("head", head["name"]))(dims, **head["params"])
         self.apply(self._init_weights)
         for m in self.modules():
-            if getattr(m, "zoo_residual", False):
+            if is_residual(m):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02 / math.sqrt(2 * spec["n_layers"]))
+        self.find_aux_losses()
 
     @staticmethod
     def _block(spec, i, attention_cls, ffn_cls, component_cls):
         """Block i, with the attention and ffn that the spec's ``layers`` overrides give it."""
         ls = layer_spec(spec, i)
         if component_cls is None:
-            component_cls = lambda kind, name: get_registry().get(kind, name).cls  # noqa: E731
+            component_cls = component_classes(get_registry())
         att = attention_cls if ls["attention"]["name"] == spec["attention"]["name"] else component_cls("attention", ls["attention"]["name"])
         ffn = ffn_cls if ls["ffn"]["name"] == spec["ffn"]["name"] else component_cls("ffn", ls["ffn"]["name"])
         return Block(ls, att, ffn, i)
+
+    def find_aux_losses(self):
+        """Record the modules that declare an auxiliary loss (:class:`zoo.plugin.protocols.HasAuxLoss`),
+        anywhere in the model, so that :meth:`aux_loss` costs one attribute read per such module. A
+        layer component that does not declare it (plugin API 1.0: set during forward only) is given
+        ``aux_loss = None`` first. Called when the model is built; call it again after replacing
+        modules (a transform that adds modules with an auxiliary loss)."""
+        for block in self.blocks:
+            for _, m in block.components():
+                if not isinstance(m, HasAuxLoss):
+                    m.aux_loss = None
+        self._aux_modules = [m for m in self.modules() if m is not self and isinstance(m, HasAuxLoss)]
 
     @staticmethod
     def _init_weights(m):
@@ -115,14 +153,14 @@ class Transformer(nn.Module):
         return CarriedState(len(self.blocks))
 
     def forward(self, idx, targets=None, cache=None, pos=None, state=None):
-        """idx: (B, T) token ids. Returns (logits (B, T, V), loss or None).
+        """idx: (B, T) token ids. Returns (logits (B, T, V), loss or None), both from the head.
 
         With ``cache``, the T tokens continue after the ``cache.length`` tokens already seen.
         ``pos`` (T,) overrides their absolute positions. With ``state`` (a :class:`CarriedState`,
         training on contiguous windows), each row continues the stream of the same row of the last
         call: the layers whose mixer carries state start from ``state.layers[i]`` and leave their
-        new state there. The loss includes auxiliary losses that components report (``aux_loss``
-        attributes), e.g. MoE load balancing.
+        new state there. The loss includes auxiliary losses that modules report (``aux_loss``, see
+        :meth:`aux_loss`), e.g. MoE load balancing.
         """
         B, T = idx.shape
         if state is not None and cache is not None:
@@ -140,22 +178,19 @@ class Transformer(nn.Module):
             x = block(x, self.posenc, pos, cache.layers[i] if cache is not None else None, state)  # (B, T, C)
         if cache is not None:
             cache.length = end
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        logits, loss = self.head(x, targets, self)  # (B, T, V), scalar or None
+        if loss is not None:
             aux = self.aux_loss()
             if aux is not None:
                 loss = loss + aux
         return logits, loss
 
     def aux_loss(self):
-        """Sum of the auxiliary losses components set during the last forward, or None.
-        Only the components themselves are asked (not every submodule), so the cost per step is
-        two attribute reads per layer."""
+        """Sum of the auxiliary losses that modules set during the last forward, or None: the
+        modules :meth:`find_aux_losses` recorded at the build (any module, the head included)."""
         total = None
-        for m in (getattr(b, attr) for b in self.blocks for attr in SLOT_ATTR.values()):
-            a = getattr(m, "aux_loss", None)
+        for m in self._aux_modules:
+            a = m.aux_loss  # declared: HasAuxLoss
             if isinstance(a, torch.Tensor):
                 total = a if total is None else total + a
         return total
@@ -165,9 +200,9 @@ def build_from_spec(spec: dict, reg=None) -> Transformer:
     """The ``nn.Module`` of a resolved spec, its components' classes from ``reg`` (default: the
     loaded registry); a spec with a ``lora`` entry gets its adapters (zoo finetune --lora)."""
     reg = reg or get_registry()
-    model = Transformer(spec, reg.get("attention", spec["attention"]["name"]).cls,
-                        reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls,
-                        component_cls=lambda kind, name: reg.get(kind, name).cls)
+    cls = component_classes(reg)
+    model = Transformer(spec, cls("attention", spec["attention"]["name"]), cls("posenc", spec["posenc"]["name"]),
+                        cls("ffn", spec["ffn"]["name"]), component_cls=cls)
     if spec.get("lora"):  # low-rank adapters on a frozen base
         from .lora import apply_lora
         apply_lora(model, spec["lora"])
@@ -190,7 +225,7 @@ def block_groups(spec: dict, reg=None):
     """(first layer, number of layers, Block) for each distinct layer of a spec, the Block built on
     the meta device (no weights allocated); with the spec's LoRA adapters, if any."""
     reg = reg or get_registry()
-    component_cls = lambda kind, name: reg.get(kind, name).cls  # noqa: E731
+    component_cls = component_classes(reg)
     att, ffn = component_cls("attention", spec["attention"]["name"]), component_cls("ffn", spec["ffn"]["name"])
     out, adapters = [], 0
     with torch.device("meta"):
@@ -210,7 +245,8 @@ def param_count(spec: dict, reg=None) -> int:
     """Parameters of the model a spec describes, counted without allocating its weights and
     without building every layer: one block per distinct layer (see
     :func:`zoo.spec.resolve.layer_groups`), times the layers like it, plus the embedding, the
-    positional encoding, the final norm and an untied head. The same number as
+    positional encoding, the final norm, an untied output projection and the head's own parameters.
+    The same number as
     ``build_from_spec(spec).num_params()``, in milliseconds for any number of layers."""
     reg = reg or get_registry()
     groups = block_groups(spec, reg)
@@ -220,4 +256,6 @@ def param_count(spec: dict, reg=None) -> int:
                 make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))]
         if not spec["tie_weights"]:
             rest.append(nn.Linear(spec["d_model"], spec["vocab_size"], bias=False))
+        head = spec.get("head", DEFAULT_HEAD)
+        rest.append(reg.get("head", head["name"]).cls(dims_of(spec), **head["params"]))
     return sum(_numel(m) for m in rest) + sum(count * _numel(b) for _, count, b in groups)

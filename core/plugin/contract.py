@@ -11,8 +11,10 @@ A component class is built as ``cls(dims, **params)`` where ``dims`` is a :class
 * posenc: a :class:`zoo.plugin.base.PosEnc`: ``embed(x, pos)`` for absolute kinds, ``rotate(t, pos)`` for rotary
   kinds (any even last-dimension size, so a partial or decoupled rope part works too),
   ``bias(q_pos, k_pos)`` for additive kinds such as ALiBi. Its tags say its ``kind``.
-* ffn: ``forward(x) -> y``, (B, T, C) -> (B, T, C). It may set ``self.aux_loss`` (a scalar tensor)
-  during forward; the model adds it to the training loss.
+* ffn: ``forward(x) -> y``, (B, T, C) -> (B, T, C). Any module may declare ``self.aux_loss`` (a
+  scalar tensor, set during forward); the model adds it to the training loss. ``"ffn": "none"``
+  is a block without an ffn (and without the norm before it).
+* head: ``forward(h, targets, model) -> (logits, loss)``, see :class:`zoo.plugin.protocols.Head`.
 
 The encoding is passed to attention at call time rather than stored in every layer, so one
 instance serves all layers and every attention works with every encoding. Positions are a tensor,
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("attention", "posenc", "ffn")  # the component kinds, each registered through its own hook
+KINDS = ("attention", "posenc", "ffn", "head")  # the component kinds, each registered through its own hook
 LAYER_KINDS = ("attention", "ffn")  # the kinds each layer has (and a ``layers`` override may change)
 SLOT_ATTR = {"attention": "attn", "ffn": "ffn"}  # the attribute of a Block holding a layer kind
 POSENC_KINDS = ("absolute", "rotary", "bias", "none")
+NO_FFN = "none"  # ``"ffn": "none"``: a block without a feed-forward layer (and without its norm); reserved
+DEFAULT_HEAD = {"name": "next_token", "params": {}}  # the head of a spec that names none (every spec before heads)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ def register_ffn(register):
 
 
 @hookspec
+def register_head(register):
+    """Call ``register(name, cls, params_schema, tags)`` for each output head (and its loss)."""
+
+
+@hookspec
 def register_models(register):
     """Call ``register(name, entry)`` with zoo.json-style model entries, or
     ``register(None, manifest)`` with a whole manifest dict (``{"models": ..., "presets": ...}``)."""

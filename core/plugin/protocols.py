@@ -151,10 +151,38 @@ class ReportsFlops(Protocol):
 
 @runtime_checkable
 class HasAuxLoss(Protocol):
-    """A module (any module of the model) that sets ``aux_loss`` (a scalar tensor, or None) during
-    the forward; the model adds it to the training loss."""
+    """A module (any module of the model: a mixer, an ffn, a head, a submodule of one) that declares
+    ``aux_loss``: ``None`` from ``__init__`` on, a scalar tensor once a training forward set it. The
+    model finds these modules when it is built and adds their ``aux_loss`` to the training loss
+    (``model.aux_loss()`` is the sum). A layer component of plugin API 1.0 that sets it during the
+    forward only is given ``aux_loss = None`` at the build, so it is found too."""
 
     aux_loss: Any
+
+
+@runtime_checkable
+class ResidualProjection(Protocol):
+    """A Linear layer that writes into the residual stream, marked by
+    :func:`zoo.nn.ops.init_residual_` (``zoo_residual = True``): the model scales its initial
+    weights by 1/sqrt(2 x n_layers) (GPT-2)."""
+
+    zoo_residual: bool
+
+
+@runtime_checkable
+class NoDecay(Protocol):
+    """A parameter with ``zoo_no_decay = True``: the optimizer gives it no weight decay (as norms,
+    biases and embeddings get none)."""
+
+    zoo_no_decay: bool
+
+
+@runtime_checkable
+class BoundedPositions(Protocol):
+    """A positional encoding that says how many positions it can represent (``None``: unbounded);
+    generation stops at a bounded encoding's last position and slides a window otherwise."""
+
+    def max_positions(self) -> int | None: ...
 
 
 @runtime_checkable
@@ -220,10 +248,32 @@ def flops_of(module, seq_len: int):
 
 
 def stats_of(module) -> dict:
+    """The numbers a module reports for logging (:class:`ReportsStats`), or {}."""
     return (module.zoo_stats() or {}) if isinstance(module, ReportsStats) else {}
 
 
+def aux_loss_of(module):
+    """A module's auxiliary loss (:class:`HasAuxLoss`): a tensor, or None."""
+    return module.aux_loss if isinstance(module, HasAuxLoss) else None
+
+
+def is_residual(module) -> bool:
+    """Whether a module is marked as a residual projection (:class:`ResidualProjection`)."""
+    return isinstance(module, ResidualProjection) and bool(module.zoo_residual)
+
+
+def no_decay(param) -> bool:
+    """Whether a parameter is marked to get no weight decay (:class:`NoDecay`)."""
+    return isinstance(param, NoDecay) and bool(param.zoo_no_decay)
+
+
+def max_positions_of(posenc):
+    """The positions an encoding can represent (:class:`BoundedPositions`), None if unbounded or not said."""
+    return posenc.max_positions() if isinstance(posenc, BoundedPositions) else None
+
+
 def spec_problems(cls, dims, params) -> list:
+    """Cross-field problems a component class finds in its params at these sizes (:class:`ValidatesSpec`)."""
     return list(cls.validate_spec(dims, params) or []) if isinstance(cls, ValidatesSpec) else []
 
 

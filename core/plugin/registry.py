@@ -40,7 +40,7 @@ from jsonschema.exceptions import SchemaError
 from ..errors import ManifestError, PluginError
 from ..version import PLUGIN_API_VERSION
 from . import hookspecs
-from .contract import KINDS
+from .contract import KINDS, NO_FFN
 
 GROUP = "zoo"
 BUILTIN_DIST = "zoo"
@@ -406,6 +406,9 @@ def _add_component(reg, kind, name, cls, params_schema=None, tags=None, *, dist,
         raise ValueError(f"{kind} {name!r}: params schema must have type 'object'")
     if not callable(cls):
         raise ValueError(f"{kind} {name!r}: {cls!r} is not a class")
+    if kind == "ffn" and name == NO_FFN:
+        raise ValueError(f"ffn name {NO_FFN!r} is reserved: \"ffn\": \"none\" in a spec means a block without an "
+                         f"ffn; register the component under another name")
     if name in reg.components[kind]:
         other = reg.components[kind][name]
         raise ValueError(f"{kind} name {name!r} is already registered by {other.dist!r}")

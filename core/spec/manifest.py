@@ -219,6 +219,8 @@ def apply_overrides(spec: dict, overrides: dict, model: str) -> dict:
         if node is spec and parts[-1] not in spec and parts[-1] not in DIM_KEYS + ("layers",):
             raise ManifestError(_unknown_key(model, key, spec))
         node[parts[-1]] = value
+        if parts == ["ffn", "name"] and value == "none":  # no ffn: the old ffn's params go with it
+            spec["ffn"] = {"name": "none"}
     return spec
 
 

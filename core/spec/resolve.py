@@ -4,9 +4,14 @@
    (:mod:`zoo.spec.manifest`).
 2. The resolved spec (entry + preset + overrides) against the spec schema, then each component's
    ``params`` against that component's own schema, with the schema's defaults filled in.
-3. Cross-field constraints: the attention accepts the posenc's kind, d_model divides into heads,
-   and each component's own ``validate_spec`` (heads divisible by kv heads, context within what a
-   learned posenc allows, ...).
+3. Cross-field constraints: each layer's mixer accepts the posenc's kind (uses it, tag ``posenc``,
+   or runs without using it, tag ``posenc_ignores``) and some layer's mixer uses it, d_model
+   divides into heads, and each component's own ``validate_spec`` (heads divisible by kv heads,
+   context within what a learned posenc allows, ...).
+
+A spec without ``head`` gets the next-token head (:data:`zoo.plugin.contract.DEFAULT_HEAD`), so specs
+and checkpoints written before heads existed resolve unchanged; ``"ffn": "none"`` (or ``{"name":
+"none"}``) is a block without an ffn, in the model or in a ``layers`` override.
 
 Every error names the model, the JSON path and the fix. Per-layer composition (``layers``
 overrides) is resolved here too.
@@ -20,7 +25,8 @@ import math
 from jsonschema import Draft202012Validator
 
 from ..errors import ManifestError
-from ..plugin.contract import KINDS, LAYER_KINDS, POSENC_KINDS, Dims
+from ..plugin.contract import DEFAULT_HEAD, KINDS, LAYER_KINDS, NO_FFN, POSENC_KINDS, Dims
+from ..plugin.protocols import spec_problems
 from ..plugin.registry import unknown_name_message
 from .manifest import DIM_KEYS, _schema_error, _validator, apply_overrides, resolve_entry
 
@@ -46,8 +52,9 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
     p = {k: v for k, v in reg.presets[preset].entry.items() if k in DIM_KEYS}
     p.setdefault("dropout", 0.0)
     spec = {"name": name, "preset": preset, **p, **entry}
+    with_defaults(spec)
     if overrides:
-        spec = apply_overrides(spec, dict(overrides), name)
+        spec = with_defaults(apply_overrides(spec, dict(overrides), name))
     for kind in KINDS:
         if kind not in spec:
             raise ManifestError(f"model {name!r}: no {kind} is set. Add \"{kind}\": {{\"name\": ...}} to "
@@ -70,13 +77,29 @@ def validate_spec(reg, spec, where: str, fix: str = "") -> dict:
     the spec schema, each component's params against its own schema (defaults filled in), then the
     cross-field constraints. ``where`` names it in the error (e.g. "the spec of checkpoint 'x'"),
     ``fix`` is appended. Returns a copy with the components' defaults filled in."""
+    spec = with_defaults(copy.deepcopy(spec))
     check_spec_schema(spec, where, fix)
-    spec = copy.deepcopy(spec)
     _resolve_components(reg, spec, where, fix)
     problems = cross_field_problems(reg, spec)
     if problems:
         raise ManifestError(f"{where}: " + " ".join(problems) + (f" {fix}" if fix else ""))
     return spec
+
+
+def with_defaults(spec: dict) -> dict:
+    """In place: the next-token head where a spec names none, and ``"ffn": "none"`` written out as
+    ``{"name": "none", "params": {}}`` (in the model and in each ``layers`` override)."""
+    if isinstance(spec, dict):
+        spec.setdefault("head", copy.deepcopy(DEFAULT_HEAD))
+        for node in [spec, *(o for o in spec.get("layers", None) or [] if isinstance(o, dict))]:
+            if node.get("ffn") == NO_FFN:
+                node["ffn"] = {"name": NO_FFN, "params": {}}
+    return spec
+
+
+def no_ffn(ref) -> bool:
+    """Whether an ffn reference is ``none`` (a block without an ffn)."""
+    return ref == NO_FFN or (isinstance(ref, dict) and ref.get("name") == NO_FFN)
 
 
 def check_spec_schema(spec, where: str, fix: str = ""):
@@ -112,6 +135,11 @@ def _too_large(node, path=""):
 def _resolve_component(reg, where, kind, ref, path, fix=""):
     """Pass 2 for one component reference at JSON path ``path``: the name is registered and the
     params satisfy its schema; returns the reference with defaults filled in."""
+    if kind == "ffn" and no_ffn(ref):
+        if ref.get("params"):
+            raise ManifestError(f"{where}: at {path}.params: ffn 'none' (no feed-forward layer) takes no params, "
+                                f"got {json.dumps(ref['params'])}. Remove them.")
+        return {"name": NO_FFN, "params": {}}
     if ref["name"] not in reg.components[kind]:
         raise ManifestError(f"{where}: at {path}.name: " + unknown_name_message(
             kind, ref["name"], reg.components[kind], reg.excluded_hint(kind, ref["name"])[0]))
@@ -192,20 +220,73 @@ def _layer_problems(reg, spec: dict) -> list[str]:
                        f"range or drop the override.")
             continue
         for kind in LAYER_KINDS:
-            if kind not in override:
+            if kind not in override or (kind == "ffn" and no_ffn(override[kind])):
                 continue
             comp = reg.get(kind, override[kind]["name"])
-            if kind == "attention":
-                accepted = comp.tags.get("posenc", list(POSENC_KINDS))
-                if pe.tags.get("kind") not in accepted:
-                    ok = sorted(n_ for n_, c in reg.components["posenc"].items() if c.tags.get("kind") in accepted)
-                    out.append(f"at layers[{i}].attention.name: attention {comp.name!r} does not accept "
-                               f"{pe.tags.get('kind')} encodings like {pe.name!r}; use one of {ok}.")
-            check = getattr(comp.cls, "validate_spec", None)
-            if check is not None:
-                for msg in check(dims_of(spec, first), override[kind]["params"]) or []:
-                    out.append(f"at layers[{i}].{kind}.params: {msg}.")
+            if kind == "attention" and pe.tags.get("kind") not in posenc_accepted(comp.tags):
+                out.append(f"at layers[{i}].attention.name: {_not_accepted(reg, comp, pe)}")
+            for msg in spec_problems(comp.cls, dims_of(spec, first), override[kind]["params"]):
+                out.append(f"at layers[{i}].{kind}.params: {msg}.")
     return out
+
+
+# ---- positional encodings: which mixers use them ---------------------------------------------------
+
+def posenc_uses(tags: dict) -> list:
+    """The posenc kinds a mixer uses, from its tags: ``posenc``, default all. Absolute encodings are
+    applied by the model at the embedding, so a mixer that accepts them uses them."""
+    return list(tags.get("posenc", POSENC_KINDS))
+
+
+def posenc_ignores(tags: dict) -> list:
+    """The posenc kinds a mixer runs with but does not use, from its tags: ``posenc_ignores``, default none."""
+    return list(tags.get("posenc_ignores", ()))
+
+
+def posenc_accepted(tags: dict) -> list:
+    """The kinds a mixer accepts: those it uses and those it ignores."""
+    return posenc_uses(tags) + [k for k in posenc_ignores(tags) if k not in posenc_uses(tags)]
+
+
+def _not_accepted(reg, att, pe) -> str:
+    kind = pe.tags.get("kind")
+    ok = sorted(n for n, c in reg.components["posenc"].items() if c.tags.get("kind") in posenc_accepted(att.tags))
+    return (f"attention {att.name!r} does not accept {kind} encodings like {pe.name!r}; use one of {ok} (it "
+            f"uses {posenc_uses(att.tags)} and ignores {posenc_ignores(att.tags)}: tags posenc, posenc_ignores).")
+
+
+def _layers_text(spec, firsts_counts) -> str:
+    n = spec["n_layers"]
+    total = sum(c for _, c in firsts_counts)
+    if total == n:
+        return f"all {n} layers" if n > 1 else "the only layer"
+    if n <= 64:
+        want = {json.dumps(layer_components(spec, f), sort_keys=True, default=str) for f, _ in firsts_counts}
+        idx = [i for i in range(n) if json.dumps(layer_components(spec, i), sort_keys=True, default=str) in want]
+        return "layer" + ("s " if len(idx) > 1 else " ") + ", ".join(map(str, idx))
+    return f"{total} of the {n} layers, from layer {min(f for f, _ in firsts_counts)}"
+
+
+def _unused_posenc(reg, spec, pe) -> list[str]:
+    """An encoding applied inside the mixers (rotary, bias) that no layer's mixer uses is an error."""
+    kind = pe.tags.get("kind")
+    if kind in ("absolute", "none"):  # applied once at the embedding by the model / nothing to use
+        return []
+    by_att = {}  # attention name -> [(first layer, count)]
+    for first, count in layer_groups(spec):
+        name = layer_components(spec, first)["attention"]["name"]
+        if kind in posenc_uses(reg.get("attention", name).tags):
+            return []
+        by_att.setdefault(name, []).append((first, count))
+    who = "; ".join(f"attention {a!r} at {_layers_text(spec, g)}" for a, g in by_att.items())
+    ok = sorted(n for n, c in reg.components["posenc"].items()
+                if all(c.tags.get("kind") in posenc_accepted(reg.get("attention", a).tags) for a in by_att)
+                and c.tags.get("kind") in ("none", "absolute"))
+    users = sorted(n for n, c in reg.components["attention"].items() if kind in posenc_uses(c.tags))
+    return [(f"at posenc.name: posenc {pe.name!r} is a {kind} encoding that no layer's mixer uses ({who}: "
+            f"each ignores {kind} encodings, tag posenc_ignores). Choose a posenc they work with (e.g. "
+            f"{ok}), or give some layers a mixer that uses {kind} encodings (e.g. {users}) with a \"layers\" "
+            f"override.")]
 
 
 def dims_of(spec: dict, layer: int = 0) -> Dims:
@@ -226,16 +307,17 @@ def cross_field_problems(reg, spec: dict) -> list[str]:
     kind = pe.tags.get("kind")
     if kind not in POSENC_KINDS:
         out.append(f"posenc {pe.name!r} (from {pe.dist}) declares kind {kind!r}; it must be one of {POSENC_KINDS}.")
-    accepted = att.tags.get("posenc", list(POSENC_KINDS))
-    if kind not in accepted:
-        ok = sorted(n for n, c in reg.components["posenc"].items() if c.tags.get("kind") in accepted)
-        out.append(f"at posenc.name: attention {att.name!r} does not accept {kind} encodings like "
-                   f"{pe.name!r}; use one of {ok}.")
-    for kind_, comp in (("attention", att), ("posenc", pe), ("ffn", reg.get("ffn", spec["ffn"]["name"]))):
-        check = getattr(comp.cls, "validate_spec", None)
-        if check is not None:
-            for msg in check(dims, spec[kind_]["params"]) or []:
-                out.append(f"at {kind_}.params: {msg}.")
+    if kind not in posenc_accepted(att.tags):
+        out.append(f"at posenc.name: {_not_accepted(reg, att, pe)}")
+    head = spec.get("head", DEFAULT_HEAD)
+    comps = [("attention", att), ("posenc", pe), ("head", reg.get("head", head["name"]))]
+    if not no_ffn(spec["ffn"]):
+        comps.append(("ffn", reg.get("ffn", spec["ffn"]["name"])))
+    for kind_, comp in comps:
+        for msg in spec_problems(comp.cls, dims, spec[kind_]["params"] if kind_ != "head" else head["params"]):
+            out.append(f"at {kind_}.params: {msg}.")
     if spec.get("layers"):
         out += _layer_problems(reg, spec)
+    if not out:
+        out += _unused_posenc(reg, spec, pe)
     return out

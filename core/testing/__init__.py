@@ -14,7 +14,8 @@ In a plugin package's tests::
         check(component)
 
 Checks build components with ``tags["example_params"]`` if given, else the schema's defaults, at
-tiny sizes, in float32 on the CPU.
+tiny sizes, in float32 on the CPU. :func:`check_report` also says which checks a component's tags
+skip (with the reason) and which partner components each check exercised (``zoo check`` shows both).
 """
 from __future__ import annotations
 
@@ -28,13 +29,16 @@ from jsonschema import Draft202012Validator
 
 from ..nn.transformer import Transformer
 from ..plugin.base import PosEnc
-from ..plugin.contract import KINDS, POSENC_KINDS, SLOT_ATTR, Dims
+from ..plugin.contract import SLOT_ATTR, Dims
 from ..spec.catalog import get_registry
-from ..spec.resolve import cross_field_problems, fill_defaults
+from ..spec.resolve import cross_field_problems, fill_defaults, posenc_uses
 
 DIMS = Dims(d_model=32, n_heads=4, n_layers=2, block_size=16, vocab_size=50, bias=True, dropout=0.0)
 B, T = 2, 12
 ATOL = 1e-5
+
+
+LAYER_AND_POSENC = ("attention", "posenc", "ffn")  # the kinds most checks are for (a head has its own)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class CheckSpec:
     fn: object
     kinds: tuple
     applies: object  # tags -> bool
+    skip_reason: str = ""  # why it does not apply when ``applies`` says no (tags)
 
     def __call__(self, component):
         return self.fn(component)
@@ -51,11 +56,14 @@ class CheckSpec:
 CHECKS: list[CheckSpec] = []
 
 
-def _check(kinds=KINDS, applies=lambda tags: True):
+def _check(kinds=LAYER_AND_POSENC, applies=lambda tags: True, skip=""):
     def deco(fn):
-        CHECKS.append(CheckSpec(fn.__name__, fn, tuple(kinds), applies))
+        CHECKS.append(CheckSpec(fn.__name__, fn, tuple(kinds), applies, skip))
         return fn
     return deco
+
+
+_EXERCISED: list = []  # (kind, name) of the partner components the running check built models with
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -71,13 +79,14 @@ def make(comp, dims=DIMS, seed=0):
 
 
 def _partners(comp, reg):
-    """For an attention: the posencs it accepts; for a posenc: the attentions that accept it."""
+    """For an attention: the posencs it uses (tag ``posenc``); for a posenc: the attentions that use it.
+    Kinds a mixer only ignores (tag ``posenc_ignores``) are not partners: a model of such a pair alone
+    is refused (no layer uses the encoding)."""
     if comp.kind == "attention":
-        ok = comp.tags.get("posenc", list(POSENC_KINDS))
+        ok = posenc_uses(comp.tags)
         return [p for p in reg.list_components("posenc") if p.tags.get("kind") in ok]
     if comp.kind == "posenc":
-        return [a for a in reg.list_components("attention")
-                if comp.tags.get("kind") in a.tags.get("posenc", list(POSENC_KINDS))]
+        return [a for a in reg.list_components("attention") if comp.tags.get("kind") in posenc_uses(a.tags)]
     return []
 
 
@@ -91,34 +100,50 @@ def _reference(reg, kind, prefer, accept=lambda c: True):
     return comps[0]
 
 
-def tiny_model(reg, attention, posenc, ffn, dims=DIMS, seed=0):
-    """A two-layer Transformer from three registered components, for checks that need a model."""
+def tiny_model(reg, attention, posenc, ffn, dims=DIMS, seed=0, head=None):
+    """A two-layer Transformer from registered components (``ffn`` None: no ffn; ``head`` None: the
+    next-token head), for checks that need a model."""
     spec = {"name": "conformance", "preset": "conformance", "norm": "layernorm", "bias": dims.bias,
             "tie_weights": True, "n_layers": dims.n_layers, "n_heads": dims.n_heads,
             "d_model": dims.d_model, "block_size": dims.block_size, "vocab_size": dims.vocab_size,
             "dropout": 0.0}
     view = dataclasses.replace(reg, components={k: dict(v) for k, v in reg.components.items()})
-    for kind, c in (("attention", attention), ("posenc", posenc), ("ffn", ffn)):
+    parts = [("attention", attention), ("posenc", posenc), ("ffn", ffn), ("head", head)]
+    for kind, c in parts:
+        if c is None:
+            spec[kind] = {"name": "none", "params": {}} if kind == "ffn" else {"name": "next_token", "params": {}}
+            continue
         spec[kind] = {"name": c.name, "params": component_params(c, dims)}
         view.components[kind][c.name] = c  # the component under test need not be registered
     problems = cross_field_problems(view, spec)
     if problems:
         raise AssertionError(" ".join(problems))
     torch.manual_seed(seed)
-    return Transformer(spec, attention.cls, posenc.cls, ffn.cls).eval()
+    return Transformer(spec, attention.cls, posenc.cls, ffn.cls if ffn is not None else None,
+                       component_cls=lambda kind, name: view.get(kind, name).cls,
+                       head_cls=head.cls if head is not None else None).eval()
 
 
 def model_for(comp, reg=None, partner=None, dims=DIMS, seed=0):
-    """A tiny model with ``comp`` in its slot and reference components (mha, none/rope, mlp) elsewhere."""
+    """A tiny model with ``comp`` in its slot and reference components (mha, none/rope, mlp, the
+    next-token head) elsewhere. The partners are recorded for :func:`check_report`."""
     reg = reg or get_registry()
     if comp.kind == "attention":
         pe = partner or _reference(reg, "posenc", "none", lambda p: p in _partners(comp, reg))
-        return tiny_model(reg, comp, pe, _reference(reg, "ffn", "mlp"), dims, seed)
-    if comp.kind == "posenc":
+        parts = {"attention": comp, "posenc": pe, "ffn": _reference(reg, "ffn", "mlp")}
+    elif comp.kind == "posenc":
         att = partner or _reference(reg, "attention", "mha", lambda a: a in _partners(comp, reg))
-        return tiny_model(reg, att, comp, _reference(reg, "ffn", "mlp"), dims, seed)
-    pe = _reference(reg, "posenc", "none")
-    return tiny_model(reg, _reference(reg, "attention", "mha", lambda a: pe in _partners(a, reg)), pe, comp, dims, seed)
+        parts = {"attention": att, "posenc": comp, "ffn": _reference(reg, "ffn", "mlp")}
+    else:
+        pe = _reference(reg, "posenc", "none")
+        parts = {"attention": _reference(reg, "attention", "mha", lambda a: pe in _partners(a, reg)), "posenc": pe,
+                 "ffn": comp if comp.kind == "ffn" else _reference(reg, "ffn", "mlp")}
+        if comp.kind == "head":
+            parts["head"] = comp
+    for c in parts.values():
+        if c is not comp and (c.kind, c.name) not in _EXERCISED:
+            _EXERCISED.append((c.kind, c.name))
+    return tiny_model(reg, dims=dims, seed=seed, **parts)
 
 
 def run(comp, module, x, pos=None):
@@ -155,7 +180,7 @@ def _token_wise(tags):
 
 # ---- the checks -------------------------------------------------------------------------------
 
-@_check()
+@_check(kinds=("attention", "posenc", "ffn", "head"))
 def check_params_schema_valid(component):
     """The params schema is a valid JSON Schema of an object, and the defaults satisfy it."""
     s = component.params_schema
@@ -165,7 +190,7 @@ def check_params_schema_valid(component):
     assert not errs, f"default/example params do not satisfy the schema: {errs[0].message}"
 
 
-@_check()
+@_check(kinds=("attention", "posenc", "ffn", "head"))
 def check_builds_from_defaults(component):
     """The class builds from Dims and its default (or example) params."""
     m = make(component)
@@ -194,7 +219,7 @@ def check_dtypes(component):
         assert torch.isfinite(y.float()).all(), f"non-finite output in {dtype}"
 
 
-@_check()
+@_check(kinds=("attention", "posenc", "ffn", "head"))
 def check_causality(component):
     """Changing a future token changes no earlier output (a model with this component)."""
     m = model_for(component)
@@ -207,7 +232,7 @@ def check_causality(component):
         a, _ = m(idx)
         b, _ = m(idx2)
     _close(a[:, :t], b[:, :t], f"logits before position {t} after changing later tokens")
-    if component.kind != "posenc" and _token_wise(component.tags):
+    if component.kind in ("attention", "ffn") and _token_wise(component.tags):
         mod = make(component).eval()
         x = _x()
         x2 = x.clone()
@@ -216,7 +241,7 @@ def check_causality(component):
             _close(run(component, mod, x)[:, :t], run(component, mod, x2)[:, :t], "component output before the change")
 
 
-@_check(applies=lambda tags: tags.get("batch_independent", True))
+@_check(applies=lambda tags: tags.get("batch_independent", True), skip="tag batch_independent is False")
 def check_batch_independence(component):
     """A sequence's output does not depend on the other sequences in the batch."""
     m = make(component).eval()
@@ -227,14 +252,14 @@ def check_batch_independence(component):
     _close(full[1:2], one, "output of sequence 1 run alone vs in a batch")
 
 
-@_check()
+@_check(kinds=("attention", "posenc", "ffn", "head"))
 def check_gradients(component):
     """A backward pass gives finite gradients that reach every parameter."""
     m = model_for(component).train()
     idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=torch.Generator().manual_seed(4))
     _, loss = m(idx, idx.roll(-1, 1))
     loss.backward()
-    slot = f"blocks.0.{SLOT_ATTR[component.kind]}." if component.kind in SLOT_ATTR else "posenc."
+    slot = f"blocks.0.{SLOT_ATTR[component.kind]}." if component.kind in SLOT_ATTR else f"{component.kind}."
     for name, p in m.named_parameters():
         if not p.requires_grad:
             continue
@@ -309,7 +334,7 @@ def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False):
 KV_CACHE_CASES = ((1, 0, False), (2, 3, True), (DIMS.block_size - 1, 1, True), (DIMS.block_size, 0, False))
 
 
-@_check(kinds=("attention", "posenc"), applies=lambda tags: tags.get("kv_cache", True))
+@_check(kinds=("attention", "posenc"), applies=lambda tags: tags.get("kv_cache", True), skip="tag kv_cache is False")
 def check_kv_cache_matches_full(component):
     """Prefill plus token-by-token decode with the cache equals a full forward pass (float32,
     within 1e-5), for prompts of length 1 up to the context limit, with every partner component
@@ -370,6 +395,88 @@ def check_cache_rewinds(component):
                 assert "layer" in str(e), f"the refusal of {what} does not name the layer: {e}"
             else:
                 raise AssertionError(f"ModelCache.{what} did not refuse caches with rewind modes {sorted(modes)}")
+# ---- positional encodings reach the mixer ------------------------------------------------------
+
+RELATIVE_KINDS = ("rotary", "bias")  # the encodings a mixer applies itself, through rotate and bias
+
+
+def _relative_kinds(tags):
+    return [k for k in posenc_uses(tags) if k in RELATIVE_KINDS]
+
+
+@_check(kinds=("attention",), applies=lambda tags: bool(_relative_kinds(tags)),
+        skip="it uses no rotary or bias encoding (tag posenc)")
+def check_posenc_changes_output(component):
+    """A mixer that uses rotary or bias encodings is changed by them, relatively: with such an
+    encoding (one registered posenc of each kind it uses), shifting every position by a constant
+    changes nothing (within 1e-4), while spreading the positions apart (same order, other distances)
+    changes the output, and so does the encoding itself against none at the same positions. An
+    attention that ignores ``posenc.rotate`` or ``posenc.bias`` fails."""
+    reg = get_registry()
+    n = 6  # positions 0..5, shifted by 3 and spread x2 stay within DIMS.block_size
+    x = _x()[:, :n]  # (B, n, C)
+    pos = torch.arange(n)  # (n,)
+    for kind in _relative_kinds(component.tags):
+        pes = [p for p in reg.list_components("posenc") if p.tags.get("kind") == kind]
+        assert pes, f"no registered {kind} posenc to test with"
+        pe_comp = next((p for p in pes if p.name in ("rope", "alibi")), pes[0])
+        if (pe_comp.kind, pe_comp.name) not in _EXERCISED:
+            _EXERCISED.append((pe_comp.kind, pe_comp.name))
+        m, pe = make(component).eval(), make(pe_comp).eval()
+        what = f"with {kind} posenc {pe_comp.name!r}"
+        with torch.no_grad():
+            y = m(x, pe, pos)  # (B, n, C)
+            shifted = m(x, pe, pos + 3)
+            spread = m(x, pe, pos * 2)
+            plain = m(x, PosEnc(DIMS), pos)
+        _close(shifted, y, f"{what}: output at positions shifted by 3 vs unshifted (relative positions unchanged)",
+               atol=1e-4)
+        for other, how in ((spread, "positions spread x2 (same order, other distances)"),
+                           (plain, "no encoding at the same positions")):
+            diff = (other - y).abs().max().item()
+            assert diff > 1e-4, (f"{what}: the output with {how} equals the output with the encoding (max abs "
+                                 f"difference {diff:.2g}): does the mixer apply posenc.rotate to its queries and keys "
+                                 f"and add posenc.bias to its scores? If it does not use {kind} encodings, say so "
+                                 f"with the tag posenc_ignores instead of posenc.")
+
+
+# ---- heads -----------------------------------------------------------------------------------
+
+@_check(kinds=("head",))
+def check_head_logits_and_loss(component):
+    """A model with the head gives logits (B, T, V) and a finite scalar loss with targets, the same
+    logits and no loss without them, ignores targets of -1, and its own parameters are under
+    ``head.`` in the model's state dict."""
+    m = model_for(component).train()
+    g = torch.Generator().manual_seed(9)
+    idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=g)
+    targets = idx.roll(-1, 1)
+    logits, loss = m(idx, targets)
+    assert tuple(logits.shape) == (B, T, DIMS.vocab_size), f"logits shape {tuple(logits.shape)}, expected (B, T, V)"
+    assert loss is not None and loss.dim() == 0, "with targets the head must return a scalar loss"
+    assert torch.isfinite(loss), f"non-finite loss {loss.item()}"
+    m.eval()
+    with torch.no_grad():
+        a, loss_none = m(idx)
+        b, _ = m(idx, targets)
+        masked = targets.clone()
+        masked[:, -3:] = -1
+        _, loss_masked = m(idx, masked)
+    assert loss_none is None, "without targets the head must return loss None"
+    _close(a, b, "logits with and without targets")
+    assert torch.isfinite(loss_masked), "targets of -1 (ignored positions) gave a non-finite loss"
+    own = {n for n, _ in make(component).named_parameters()}
+    in_model = {n.removeprefix("head.") for n in m.state_dict() if n.startswith("head.")}
+    assert own <= in_model, f"head parameters {sorted(own - in_model)} are not under 'head.' in the model"
+
+
+@_check(kinds=("head",))
+def check_head_cached_decoding(component):
+    """Generation goes through the head: prefill plus token-by-token decoding with the cache equals a
+    full forward pass (float32, within 1e-5)."""
+    m = model_for(component).float()
+    for prompt_len in (1, DIMS.block_size // 2):
+        _cache_matches_full(m, prompt_len, DIMS.block_size)
 
 
 # ---- sliding windows (tag "sliding_window": the name of the window param) ----------------------
@@ -381,7 +488,8 @@ def _windowed(comp, window):
     return dataclasses.replace(comp, tags=tags)
 
 
-@_check(kinds=("attention",), applies=lambda tags: bool(tags.get("sliding_window")))
+@_check(kinds=("attention",), applies=lambda tags: bool(tags.get("sliding_window")),
+        skip="no tag sliding_window (the name of a window param)")
 def check_sliding_window_cache_matches_full(component):
     """With a window shorter than the context, the window is honoured (a token's logits do not
     depend on tokens further back than the layers' windows reach) and prefill plus decoding past
@@ -407,21 +515,38 @@ def checks_for(component):
     return [c for c in CHECKS if component.kind in c.kinds and c.applies(component.tags)]
 
 
-def run_checks(component, known_failures=None):
-    """Run every applicable check; returns [(check_name, status, message)] with status one of
-    'passed', 'failed', 'xfail' (a known failure that failed), 'xpass' (a known failure that passed)."""
+def skipped_checks(component):
+    """[(check_name, reason)]: the checks of the component's kind that its tags leave out."""
+    return [(c.name, c.skip_reason or "its tags leave it out") for c in CHECKS
+            if component.kind in c.kinds and not c.applies(component.tags)]
+
+
+def check_report(component, known_failures=None) -> dict:
+    """Run every applicable check. ``{"checks": [{"check", "status", "message", "partners"}],
+    "skipped": [{"check", "reason"}]}``: status as in :func:`run_checks`; ``partners`` the
+    ``"kind/name"`` of the other components the check built models with."""
     known = dict(component.tags.get("known_failures", {}), **(known_failures or {}))
-    out = []
+    checks = []
     for c in checks_for(component):
+        _EXERCISED.clear()
         try:
             c(component)
         except Exception as e:  # a crashing check is a failing check
             msg = str(e) if isinstance(e, AssertionError) else "".join(
                 traceback.format_exception_only(type(e), e)).strip()
-            out.append((c.name, "xfail" if c.name in known else "failed", msg or type(e).__name__))
+            status, msg = ("xfail" if c.name in known else "failed"), msg or type(e).__name__
         else:
-            out.append((c.name, "xpass" if c.name in known else "passed", ""))
-    return out
+            status, msg = ("xpass" if c.name in known else "passed"), ""
+        checks.append({"check": c.name, "status": status, "message": msg,
+                       "partners": [f"{k}/{n}" for k, n in _EXERCISED]})
+        _EXERCISED.clear()
+    return {"checks": checks, "skipped": [{"check": n, "reason": r} for n, r in skipped_checks(component)]}
+
+
+def run_checks(component, known_failures=None):
+    """Run every applicable check; returns [(check_name, status, message)] with status one of
+    'passed', 'failed', 'xfail' (a known failure that failed), 'xpass' (a known failure that passed)."""
+    return [(c["check"], c["status"], c["message"]) for c in check_report(component, known_failures)["checks"]]
 
 
 def check_component(kind: str, name: str, known_failures=None):

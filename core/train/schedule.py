@@ -28,17 +28,19 @@ def param_groups(model, weight_decay: float):
     """Weight decay on matrices only: not on norms, biases, embeddings (nn.Embedding weights, and
     parameters a component marks with ``zoo_no_decay``)."""
     import torch.nn as nn
-    no_decay = set()
+
+    from ..plugin.protocols import no_decay
+    skip = set()
     for m in model.modules():
         if isinstance(m, nn.Embedding):
-            no_decay.add(id(m.weight))
+            skip.add(id(m.weight))
         for p in m.parameters(recurse=False):
-            if getattr(p, "zoo_no_decay", False):
-                no_decay.add(id(p))
+            if no_decay(p):
+                skip.add(id(p))
     decay, other, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in no_decay else other).append(p)
+        (decay if p.dim() >= 2 and id(p) not in skip else other).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]

@@ -45,6 +45,7 @@ from ..nn.transformer import build_from_spec, carried_layers
 from ..perf.flops import model_flops_per_token
 from ..perf.memory import check_training_memory
 from ..perf.peaks import datasheet_peak
+from ..plugin.protocols import stats_of
 from ..spec.catalog import get_registry
 from ..spec.manifest import resolve_entry
 from ..spec.resolve import resolve_spec
@@ -556,11 +557,9 @@ class Trainer:
                     if self.peak:
                         w.add_scalar("train/mfu", self.flops_tok * tps / (self.peak * d.world), self.step)
                     for mname, m in self.model.named_modules():
-                        fn = getattr(m, "zoo_stats", None)
-                        if callable(fn):
-                            for k, v in (fn() or {}).items():
-                                w.add_scalar(f"components/{mname}/{k}", float(v), self.step)
-                    aux = self.model.aux_loss() if hasattr(self.model, "aux_loss") else None
+                        for k, v in stats_of(m).items():
+                            w.add_scalar(f"components/{mname}/{k}", float(v), self.step)
+                    aux = self.model.aux_loss()
                     if aux is not None:
                         w.add_scalar("train/aux_loss", float(aux.detach()), self.step)
                 last = self.step == cfg.max_iters

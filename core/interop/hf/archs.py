@@ -22,6 +22,10 @@ def arch_for(cfg: dict):
 
 def export_arch(spec: dict):
     """The first mapping that can express ``spec``, or a ZooError with every mapping's reasons."""
+    head = (spec.get("head") or {}).get("name", "next_token")
+    if head != "next_token":
+        raise ZooError(f"cannot export {spec['name']!r} to Hugging Face: its head is {head!r}, and the architectures "
+                       f"the zoo exports predict the next token with a plain output projection (head next_token).")
     reasons = {}
     for a in get_registry().hf_archs.values():
         if a.matches is None:  # import only
