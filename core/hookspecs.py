@@ -2,4 +2,4 @@
 
 Part of the public plugin API; the hooks are defined in :mod:`zoo.plugin.hookspecs`."""
 from .plugin.hookspecs import (hookimpl, hookspec, register_attention, register_ffn,  # noqa: F401
-                               register_models, register_posenc)
+                               register_models, register_posenc, register_transform)

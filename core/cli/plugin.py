@@ -1,8 +1,7 @@
 """``zoo new-plugin``: write a plugin package to start from (:mod:`zoo.plugin.scaffold`)."""
 from __future__ import annotations
 
-from ..plugin.contract import KINDS
-from ..plugin.scaffold import layout, names_for, new_plugin
+from ..plugin.scaffold import SCAFFOLD_KINDS, layout, names_for, new_plugin
 from ..spec.catalog import get_registry
 
 
@@ -23,5 +22,5 @@ def add_cli(sub):
                                    "that registers the component NAME, a named model using it, and a "
                                    "test running the conformance kit on it. See docs/plugins.md.")
     s.add_argument("name", help="the component's name, e.g. relu2 (the package is zoo-NAME)")
-    s.add_argument("--kind", required=True, choices=KINDS, help="which kind of component")
+    s.add_argument("--kind", required=True, choices=SCAFFOLD_KINDS, help="which kind of component")
     s.set_defaults(fn=cmd_new_plugin)

@@ -18,6 +18,7 @@ from ..spec.catalog import get_registry
 from ..spec.resolve import dims_of, layer_groups, layer_spec
 from .cache import ModelCache
 from .ops import make_norm
+from .transforms import apply_transforms
 
 
 class Block(nn.Module):
@@ -32,6 +33,15 @@ class Block(nn.Module):
     def forward(self, x, posenc, pos, cache=None):  # x: (B, T, C)
         x = x + self.attn(self.norm1(x), posenc, pos, cache)  # (B, T, C)
         return x + self.ffn(self.norm2(x))  # (B, T, C)
+
+
+class _Blocks(nn.Module):
+    """Some blocks standing in for a model (``blocks`` only), for transforms applied while counting
+    parameters."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
 
 
 class Transformer(nn.Module):
@@ -137,14 +147,13 @@ class Transformer(nn.Module):
 
 def build_from_spec(spec: dict, reg=None) -> Transformer:
     """The ``nn.Module`` of a resolved spec, its components' classes from ``reg`` (default: the
-    loaded registry); a spec with a ``lora`` entry gets its adapters (zoo finetune --lora)."""
+    loaded registry), with the spec's ``transforms`` applied in order (e.g. LoRA adapters, zoo
+    finetune --lora) and the parameters they freeze frozen."""
     reg = reg or get_registry()
     model = Transformer(spec, reg.get("attention", spec["attention"]["name"]).cls,
                         reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls,
                         component_cls=lambda kind, name: reg.get(kind, name).cls)
-    if spec.get("lora"):  # low-rank adapters on a frozen base
-        from .lora import apply_lora
-        apply_lora(model, spec["lora"])
+    apply_transforms(model, spec, reg)
     return model
 
 
@@ -154,21 +163,18 @@ def _numel(module) -> int:
 
 def block_groups(spec: dict, reg=None):
     """(first layer, number of layers, Block) for each distinct layer of a spec, the Block built on
-    the meta device (no weights allocated); with the spec's LoRA adapters, if any."""
+    the meta device (no weights allocated); with the spec's transforms applied (to the distinct
+    blocks together, standing in for the model)."""
     reg = reg or get_registry()
     component_cls = lambda kind, name: reg.get(kind, name).cls  # noqa: E731
     att, ffn = component_cls("attention", spec["attention"]["name"]), component_cls("ffn", spec["ffn"]["name"])
-    out, adapters = [], 0
     with torch.device("meta"):
-        for first, count in layer_groups(spec):
-            block = Transformer._block(spec, first, att, ffn, component_cls)
-            if spec.get("lora"):
-                from .lora import add_adapters
-                adapters += add_adapters(block, spec["lora"])
-            out.append((first, count, block))
-    if spec.get("lora") and not adapters:
-        from .lora import no_adapters_error
-        raise no_adapters_error(spec["lora"])
+        out = [(first, count, Transformer._block(spec, first, att, ffn, component_cls))
+               for first, count in layer_groups(spec)]
+        if spec.get("transforms"):
+            holder = _Blocks([b for _, _, b in out])
+            apply_transforms(holder, spec, reg, freeze=False)
+            out = [(first, count, block) for (first, count, _), block in zip(out, holder.blocks)]
     return out
 
 

@@ -1,4 +1,4 @@
-"""The zoo's hooks: one per component kind, plus one for named models.
+"""The zoo's hooks: one per component kind (transforms included), plus one for named models.
 
 Every hook receives a ``register`` callback, in the spirit of simonw/llm. Built-in components
 use exactly these hooks, declared as entry points of the group ``zoo`` in pyproject.toml.
@@ -26,6 +26,14 @@ def register_posenc(register):
 @hookspec
 def register_ffn(register):
     """Call ``register(name, cls, params_schema, tags)`` for each feed-forward layer."""
+
+
+@hookspec
+def register_transform(register):
+    """Call ``register(name, cls, params_schema, tags)`` for each transform: a class built as
+    ``cls(**params)`` whose ``apply(model)`` changes a built model in place (see
+    :class:`zoo.plugin.protocols.Transform`). A spec lists the transforms to apply, in order, as
+    ``"transforms": [{"name": ..., "params": {...}}]``."""
 
 
 @hookspec

@@ -23,6 +23,7 @@ CLASS_SUFFIX = {"attention": "Attention", "posenc": "PosEnc", "ffn": "FFN"}
 STARTING_POINT = {"attention": "causal multi-head attention with a KV cache",
                   "posenc": "the sinusoidal absolute encoding",
                   "ffn": "the GELU MLP"}
+SCAFFOLD_KINDS = tuple(CLASS_SUFFIX)  # the kinds with templates
 
 
 def names_for(name: str, kind: str) -> dict:
@@ -30,8 +31,10 @@ def names_for(name: str, kind: str) -> dict:
     if not NAME_RE.fullmatch(name or ""):
         raise ZooError(f"invalid plugin name {name!r}: use lower-case letters and digits, starting with a "
                        f"letter, words joined by '-' or '_' (e.g. 'relu2' or 'my-attention').")
-    if kind not in KINDS:
-        raise ZooError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    if kind not in SCAFFOLD_KINDS:
+        raise ZooError(f"zoo new-plugin writes a package for one of {', '.join(SCAFFOLD_KINDS)}, not {kind!r}"
+                       + (" (the kinds are " + ", ".join(KINDS) + "; see docs/plugins.md for the others)."
+                          if kind in KINDS else "."))
     words = re.split(r"[-_]", name)
     module = "_".join(words)
     if module == "models":  # the package's models module has that name
