@@ -3,4 +3,4 @@
 A base module, like :mod:`zoo.errors`: every layer may import it, it imports nothing of the zoo."""
 
 __version__ = "0.1.0"
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"

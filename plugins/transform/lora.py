@@ -86,7 +86,7 @@ class LoRALinear(nn.Linear):
 
 
 def is_adapter_key(k: str) -> bool:
-    return k.endswith(".lora_A") or k.endswith(".lora_B")
+    return k.endswith((".lora_A", ".lora_B"))
 
 
 class LoRA:
