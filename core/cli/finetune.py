@@ -98,7 +98,9 @@ def add_cli(sub):
                                    "and are also saved on their own (adapter.safetensors). Continue a fine-tune with "
                                    "zoo train --resume OUT/NAME/RUN_ID.")
     s.add_argument("run", metavar="RUN_DIR")
-    s.add_argument("--lora", metavar="SPEC", help="r=8,alpha=16,targets=attention,ffn[,dropout=0.05]; "
+    s.add_argument("--lora", metavar="SPEC", help="r=8,alpha=16,targets=attention,ffn[,dropout=0.05][,stacked=skip]: "
+                                                  "the spec gets a lora transform (stacked=skip leaves a MoE's "
+                                                  "stacked experts without adapters instead of refusing them); "
                                                   "without it, a full fine-tune")
     s.add_argument("--data", help="a text file, or shards from zoo data prepare made with this run's tokenizer")
     s.add_argument("--dataset", help="built-in dataset (default: tinyshakespeare)")

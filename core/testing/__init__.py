@@ -398,9 +398,12 @@ def check_transform_decoding(comp, name, reg=None, preset=TRANSFORM_PRESET, atol
     """Named model ``name`` at ``preset`` with the transform applied (added parameters moved):
     prefill and token-by-token decoding with the cache equal the full forward (``atol``). Returns
     whether the transform changed the model's logits, or None where it refuses the model by name
-    (a ZooError) or the model's mixer keeps no cache."""
+    (a ZooError), the model does not resolve at ``preset`` or its mixer keeps no cache."""
     reg = reg or get_registry()
-    spec = resolve_spec(reg, name, preset)
+    try:
+        spec = resolve_spec(reg, name, preset)
+    except ZooError:  # a model that does not resolve at this preset is its own problem, not the transform's
+        return None
     if not reg.get("attention", spec["attention"]["name"]).tags.get("kv_cache", True):
         return None
     try:
