@@ -19,8 +19,12 @@ def test_kit_covers_every_registered_component():
     reg = zoo.get_registry()
     for comp in reg.list_components():
         names = {c.name for c in checks_for(comp)}
-        own = {"check_head_logits_and_loss"} if comp.kind == "head" else {"check_output_shape"}
-        assert {"check_causality", "check_gradients"} | own <= names, comp.name
+        if comp.kind == "transform":  # applied to a tiny model, and to every named model with a cache
+            assert {"check_transform_applies", "check_transform_cache_matches_full"} <= names, comp.name
+        else:
+            own = {"check_head_logits_and_loss"} if comp.kind == "head" else {"check_output_shape"}
+            assert {"check_causality", "check_gradients"} | own <= names, comp.name
+    assert reg.list_components("transform"), "no transform registered: the built-in lora is missing"
 
 
 # ---- broken components: the kit must fail them -------------------------------------------------

@@ -1,4 +1,5 @@
-"""LoRA adapters (zoo.nn.lora, zoo.train.finetune) and zoo finetune on the trainer of zoo train."""
+"""LoRA adapters (the ``lora`` transform plugin, zoo.train.finetune) and zoo finetune on the trainer of
+zoo train."""
 import json
 
 import pytest
@@ -7,8 +8,12 @@ import torch
 import zoo
 from zoo.io.checkpoint import load_checkpoint, plugins_of, save_checkpoint
 from zoo.errors import ZooError
-from zoo.nn.lora import is_adapter_key, merge_state_dict, parse_lora
 from zoo.train.finetune import load_adapter
+from zoo_plugins.transform.lora import LoRA, is_adapter_key, parse_lora
+
+
+def merge_state_dict(sd, cfg):
+    return LoRA(**cfg).merge(sd)
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
@@ -16,9 +21,10 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 def test_parse_lora():
     assert parse_lora("r=8,alpha=16,targets=attention,ffn") == {"r": 8, "alpha": 16.0, "targets": ["attention", "ffn"],
-                                                                "dropout": 0.0}
+                                                                "dropout": 0.0, "stacked": "refuse"}
     assert parse_lora("r=4")["targets"] == ["attention"]
-    for bad in ("alpha=16", "r=8,rank=2", "r=x", "r=8,targets=heads", "r=8,foo"):
+    assert parse_lora("r=4,targets=ffn,stacked=skip")["stacked"] == "skip"
+    for bad in ("alpha=16", "r=8,rank=2", "r=x", "r=8,targets=heads", "r=8,foo", "r=2,stacked=maybe"):
         with pytest.raises(ZooError):
             parse_lora(bad)
 
@@ -26,7 +32,7 @@ def test_parse_lora():
 def _spec(name="llama", lora=None):
     spec = zoo.resolve(name, "tiny")
     if lora:
-        spec["lora"] = lora
+        spec["transforms"] = [{"name": "lora", "params": lora}]
     return spec
 
 
@@ -34,7 +40,7 @@ def _spec(name="llama", lora=None):
 def test_fresh_adapters_change_nothing_and_only_they_train(name):
     torch.manual_seed(0)
     base = zoo.build_from_spec(_spec(name)).eval()
-    lora = zoo.build_from_spec(_spec(name, {"r": 4, "targets": ["attention", "ffn"]})).eval()
+    lora = zoo.build_from_spec(_spec(name, {"r": 4, "targets": ["attention", "ffn"], "stacked": "skip"})).eval()
     missing, unexpected = lora.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and missing and all(is_adapter_key(k) for k in missing)
     idx = torch.randint(0, 96, (2, 12))
@@ -97,11 +103,12 @@ def test_finetune_with_lora_trains_only_adapters_saves_them_and_merges(base_run,
     res = _finetune(base, data, tmp_path / "runs", parse_lora("r=4,alpha=8,targets=attention,ffn"), lr=1e-2)
     run = res["run_dir"]
     ckpt, base_ckpt = load_checkpoint(run), load_checkpoint(base)
-    assert ckpt["spec"]["lora"]["r"] == 4 and ckpt["step"] == 6 and ckpt["spec"]["block_size"] == 16
+    assert ckpt["spec"]["transforms"][0]["name"] == "lora" and ckpt["spec"]["transforms"][0]["params"]["r"] == 4
+    assert ckpt["step"] == 6 and ckpt["spec"]["block_size"] == 16 and "lora" not in ckpt["spec"]
     for k, v in base_ckpt["model"].items():
         assert torch.equal(ckpt["model"][k], v), k  # the base stayed frozen
-    cfg, ad = load_adapter(res["adapter"])
-    assert cfg["r"] == 4 and set(ad) == {k for k in ckpt["model"] if is_adapter_key(k)}
+    transforms, ad = load_adapter(res["adapter"])
+    assert transforms == ckpt["spec"]["transforms"] and set(ad) == {k for k in ckpt["model"] if is_adapter_key(k)}
     assert any(k.endswith("lora_B") and v.abs().max() > 0 for k, v in ad.items())  # it learned something
     assert res["final_val_loss"] is not None
     # the checkpoint is an ordinary zoo checkpoint: zoo.load builds the adapters from the spec
@@ -115,7 +122,7 @@ def test_finetune_with_lora_trains_only_adapters_saves_them_and_merges(base_run,
         ref = model(idx)[0]
         for m in ("m1", "m2"):
             merged, _ = zoo.load(tmp_path / m)
-            assert "lora" not in merged.spec
+            assert "lora" not in merged.spec and "transforms" not in merged.spec
             torch.testing.assert_close(merged(idx)[0], ref, atol=1e-5, rtol=1e-5)
     # and zoo train --resume continues it
     assert main(["train", "--resume", run, "--max-iters", "8", "--device", "cpu"]) == 0
@@ -126,7 +133,7 @@ def test_full_finetune_changes_the_weights(base_run, tmp_path):
     base, data = base_run
     res = _finetune(base, data, tmp_path / "runs", None, lr=1e-3)
     ckpt = load_checkpoint(res["run_dir"])
-    assert "lora" not in ckpt["spec"]
+    assert "lora" not in ckpt["spec"] and "transforms" not in ckpt["spec"]
     assert not torch.equal(ckpt["model"]["blocks.0.attn.qkv.weight"], load_checkpoint(base)["model"]["blocks.0.attn.qkv.weight"])
 
 

@@ -34,6 +34,29 @@ def test_absorbed_decoding_equals_materialized_and_full(posenc, q_lora_rank):
     torch.testing.assert_close(absorbed, full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["absorbed", "materialized"])
+def test_decoding_with_a_nonzero_lora_adapter_equals_the_full_forward(mode):
+    """Regression (issue 13): the absorbed path read ``wkv_b.weight`` itself and missed the LoRA
+    update on that layer, 0.7 to 1.0 off in the logits; it now reads ``linear_weight(wkv_b)``."""
+    spec = zoo.resolve("gpt2-mla", "tiny")
+    spec["transforms"] = [{"name": "lora", "params": {"r": 2, "targets": ["attention", "ffn"]}}]
+    torch.manual_seed(0)
+    model = zoo.build_from_spec(spec).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("lora_B"):
+                p.normal_(0, 0.1)  # as after training
+    assert hasattr(model.blocks[0].attn.wkv_b, "lora_B")
+    idx = torch.randint(0, spec["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cached = _decode(model, idx, 3, mode)
+        base = zoo.build_from_spec({k: v for k, v in spec.items() if k != "transforms"}).eval()
+        base.load_state_dict({k: v for k, v in model.state_dict().items() if "lora_" not in k})
+        assert (base(idx)[0] - full).abs().max() > 0.1  # the adapters matter
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+
+
 def test_absorbed_attention_really_runs_over_the_latent():
     """The absorbed path never calls the up-projection as a layer (no per-head keys/values)."""
     torch.manual_seed(0)

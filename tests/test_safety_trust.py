@@ -66,14 +66,15 @@ def test_layer_groups_equal_grouping_layer_by_layer():
                                 {"to": 5, "attention": {"name": "gqa", "params": {"n_kv_heads": 2}}},
                                 {"from": 2, "to": 9, "every": 2, "ffn": {"name": "moe", "params": {"n_experts": 4}}}]},
     {"tie_weights": False, "bias": False, "norm": "rmsnorm"},
-    {"lora": {"r": 3, "alpha": 6, "targets": ["attention", "ffn"], "dropout": 0.0}},
-    {"n_layers": 7, "lora": {"r": 2, "alpha": 2, "targets": ["ffn"], "dropout": 0.0},
+    {"transforms": [{"name": "lora", "params": {"r": 3, "alpha": 6, "targets": ["attention", "ffn"], "dropout": 0.0}}]},
+    {"n_layers": 7, "transforms": [{"name": "lora", "params": {"r": 2, "alpha": 2, "targets": ["ffn"], "dropout": 0.0,
+                                                               "stacked": "skip"}}],
      "layers": [{"every": 2, "ffn": {"name": "moe", "params": {"n_experts": 4}}}]},
 ])
 def test_counting_once_per_distinct_layer_equals_building_every_layer(changes):
-    spec = zoo.resolve("gpt2", "tiny", **{k: v for k, v in changes.items() if k != "lora"})
-    if "lora" in changes:
-        spec["lora"] = changes["lora"]
+    spec = zoo.resolve("gpt2", "tiny", **{k: v for k, v in changes.items() if k != "transforms"})
+    if "transforms" in changes:
+        spec["transforms"] = changes["transforms"]
     with torch.device("meta"):
         full = build_from_spec(spec).num_params()
     assert param_count(spec) == full

@@ -1,4 +1,5 @@
-"""``zoo finetune`` and ``zoo lora merge``: fine-tuning a run, fully or with LoRA adapters."""
+"""``zoo finetune`` and ``zoo lora merge``: fine-tuning a run, fully or with LoRA adapters (the
+``lora`` transform, reached through the registry), and folding a run's transforms into its weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,20 @@ from ..version import __version__
 from .util import whole_number
 
 
+def _params_from_text(name: str, text: str) -> dict:
+    """The params of transform ``name`` from its command-line form (``--lora r=8,...``)."""
+    from ..plugin.protocols import ParamsFromText
+    from ..spec.catalog import get_registry
+    cls = get_registry().get("transform", name).cls
+    if not isinstance(cls, ParamsFromText):
+        raise ZooError(f"transform {name!r} ({cls.__module__}) reads no command-line form of its params.")
+    return cls.params_from_text(text)
+
+
 def cmd_finetune(args):
-    from ..nn.lora import parse_lora
     from ..train.config import TrainConfig
     from ..train.finetune import FINETUNE_DEFAULTS, finetune
-    lora = parse_lora(args.lora) if args.lora else None
+    lora = _params_from_text("lora", args.lora) if args.lora else None
     if args.block_size is not None and args.block_size < 1:
         raise ZooError(f"--block-size must be at least 1, not {args.block_size}.")
     base = dict(out=args.out, run_id=args.run_id, dataset=args.dataset, data=args.data, max_iters=args.max_iters,
@@ -34,30 +44,38 @@ def cmd_finetune(args):
 
 
 def cmd_merge(args):
-    from ..io.atomic import check_output_dir, replace_dir, write_json
-    from ..io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, resolve_checkpoint_path, save_checkpoint
-    from ..nn.lora import adapter_problems, lora_config, merge_state_dict, merged_state_dict
+    from ..io.atomic import check_output_dir
+    from ..io.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from ..nn.transforms import merge_transforms
+    from ..spec.catalog import get_registry
+    from ..spec.resolve import validate_spec
     from ..train.finetune import load_adapter
     inputs = [resolve_checkpoint_path(args.run).parent] + ([args.adapter] if args.adapter else [])
     check_output_dir(args.out, args.force, inputs)
     ckpt = load_checkpoint(args.run)
+    reg = get_registry()
     if args.adapter:  # adapters from a file, onto the base run given as RUN
-        cfg, ad = load_adapter(args.adapter)
-        if ckpt["spec"].get("lora"):
+        transforms, ad = load_adapter(args.adapter)
+        if ckpt["spec"].get("transforms"):
             raise ZooError(f"{args.run!r} already holds adapters; give the base run to apply {args.adapter!r} to.")
-        sd = ckpt["model"]
-        missing = [k for k in ad if k[: k.rfind(".")] + ".weight" not in sd]
-        if missing:
-            raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r}: no weight for {missing[0]!r}.")
-        problems = adapter_problems({**sd, **ad}, lora_config(cfg))  # another model's adapter: shapes differ
-        if problems:
-            raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r} (was it made for another model?): "
-                           f"{problems[0]}" + (f"; and {len(problems) - 1} more" if len(problems) > 1 else "") + ".")
-        spec, merged = dict(ckpt["spec"]), merge_state_dict({**sd, **ad}, cfg)
+        spec = validate_spec(reg, {**ckpt["spec"], "transforms": transforms},
+                             f"the transforms of adapter {args.adapter!r}", "It was not written by zoo finetune.")
+        try:
+            spec, merged = merge_transforms(spec, {**ckpt["model"], **ad}, reg)
+        except ZooError as e:  # another model's adapter: the shapes differ
+            raise ZooError(f"the adapter {args.adapter!r} does not fit {args.run!r} (was it made for another "
+                           f"model?): {e}") from None
     else:
-        if not ckpt["spec"].get("lora"):
-            raise ZooError(f"{args.run!r} holds no LoRA adapters; nothing to merge (or pass --adapter FILE).")
-        spec, merged = merged_state_dict(ckpt)
+        if not ckpt["spec"].get("transforms"):
+            raise ZooError(f"{args.run!r} holds no LoRA adapters (no transforms); nothing to merge (or pass "
+                           f"--adapter FILE).")
+        spec, merged = merge_transforms(ckpt["spec"], ckpt["model"], reg)
+    _write_merged(args, ckpt, spec, merged, inputs)
+
+
+def _write_merged(args, ckpt, spec, merged, inputs):
+    from ..io.atomic import replace_dir, write_json
+    from ..io.checkpoint import CKPT_NAME, plugins_of, save_checkpoint
 
     def fill(d: Path):
         payload = {"model": merged, "spec": spec, "tokenizer": ckpt.get("tokenizer"), "plugins": plugins_of(spec),
@@ -80,7 +98,9 @@ def add_cli(sub):
                                    "and are also saved on their own (adapter.safetensors). Continue a fine-tune with "
                                    "zoo train --resume OUT/NAME/RUN_ID.")
     s.add_argument("run", metavar="RUN_DIR")
-    s.add_argument("--lora", metavar="SPEC", help="r=8,alpha=16,targets=attention,ffn[,dropout=0.05]; "
+    s.add_argument("--lora", metavar="SPEC", help="r=8,alpha=16,targets=attention,ffn[,dropout=0.05][,stacked=skip]: "
+                                                  "the spec gets a lora transform (stacked=skip leaves a MoE's "
+                                                  "stacked experts without adapters instead of refusing them); "
                                                   "without it, a full fine-tune")
     s.add_argument("--data", help="a text file, or shards from zoo data prepare made with this run's tokenizer")
     s.add_argument("--dataset", help="built-in dataset (default: tinyshakespeare)")
@@ -110,7 +130,8 @@ def add_cli(sub):
 
     s = sub.add_parser("lora", help="LoRA adapters: merge them into the weights")
     lsub = s.add_subparsers(dest="lora_command", metavar="SUBCOMMAND")
-    p = lsub.add_parser("merge", help="write a run directory with the adapters folded into the weights")
+    p = lsub.add_parser("merge", help="write a run directory with the adapters (every transform of the run) "
+                                      "folded into the weights")
     p.add_argument("run", metavar="RUN_DIR", help="a LoRA run, or with --adapter the base run")
     p.add_argument("--adapter", metavar="FILE", help="an adapter.safetensors to apply to RUN_DIR")
     p.add_argument("--out", required=True)

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import ZooError
-from ..plugin.contract import KINDS, LAYER_KINDS, SLOT_ATTR
+from ..plugin.contract import KINDS, LAYER_KINDS, MODEL_KINDS, SLOT_ATTR
 from ..plugin.registry import BUILTIN_DIST
 from ..spec.catalog import configure, configured_manifests, get_registry
 from ..spec.manifest import load_manifest_file
@@ -69,8 +69,10 @@ def cmd_show(args):
     print(f"{spec['name']} at preset {spec['preset']!r}: {spec.get('description', '')}")
     for key in ("n_layers", "n_heads", "d_model", "block_size", "vocab_size", "dropout", "norm", "bias", "tie_weights"):
         print(f"  {key:<12} {spec[key]}")
-    for kind in KINDS:
+    for kind in MODEL_KINDS:
         print(f"  {kind:<12} {spec[kind]['name']} {json.dumps(spec[kind]['params'])}")
+    for i, t in enumerate(spec.get("transforms", [])):
+        print(f"  {f'transforms[{i}]':<12} {t['name']} {json.dumps(t['params'])}")
     for i, o in enumerate(spec.get("layers", [])):
         sel = f"layers {o.get('from', 0)}..{o.get('to', spec['n_layers']) - 1}" + (f" every {o['every']}" if o.get("every", 1) > 1 else "")
         print(f"  {f'layers[{i}]':<12} {sel}: " + ", ".join(f"{k} {o[k]['name']} {json.dumps(o[k]['params'])}" for k in LAYER_KINDS if k in o))

@@ -24,9 +24,10 @@ from pathlib import Path
 from ..errors import ZooError, ZooWarning
 from ..nn.device import parse_dtype
 from ..nn.transformer import build_from_spec
-from ..plugin.contract import KINDS, LAYER_KINDS
+from ..plugin.contract import LAYER_KINDS, MODEL_KINDS
 from ..plugin.registry import _norm
 from ..spec.catalog import get_registry
+from ..spec.legacy import upgrade_spec
 from ..spec.resolve import check_spec_schema, no_ffn, validate_spec
 from ..tokenizers import from_config, load_config
 from .atomic import write_atomically
@@ -60,11 +61,12 @@ def providers_of(spec: dict, reg=None) -> list[dict]:
 
 
 def component_refs(spec: dict):
-    """(kind, {"name", "params"}) of every component a spec names, per-layer overrides included
-    (``ffn: none`` is no component; a spec from before heads names no head)."""
-    refs = [(kind, spec[kind]) for kind in KINDS if isinstance(spec.get(kind), dict)]
+    """(kind, {"name", "params"}) of every component a spec names, per-layer overrides and
+    transforms included (``ffn: none`` is no component; a spec from before heads names no head)."""
+    refs = [(kind, spec[kind]) for kind in MODEL_KINDS if isinstance(spec.get(kind), dict)]
     for extra in spec.get("layers", []) or []:
         refs += [(kind, extra[kind]) for kind in LAYER_KINDS if kind in extra]
+    refs += [("transform", ref) for ref in spec.get("transforms", []) or []]
     return [(kind, ref) for kind, ref in refs if not (kind == "ffn" and no_ffn(ref))]
 
 
@@ -112,6 +114,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise ZooError(f"{str(p)!r} is not a zoo checkpoint (its 'model' entry is not a state dict).")
     if any(k.startswith(COMPILED_PREFIX) for k in sd):  # saved from a compiled model
         ckpt["model"] = {k.removeprefix(COMPILED_PREFIX): v for k, v in sd.items()}
+    ckpt["spec"] = upgrade_spec(ckpt["spec"])  # keys of earlier zoos (a LoRA run's "lora")
     # the spec is validated as a manifest entry is, before anything builds from it
     where = f"the spec of checkpoint {str(p)!r}"
     check_spec_schema(ckpt["spec"], where, "The checkpoint was not written by the zoo, or was altered.")

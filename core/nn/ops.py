@@ -1,6 +1,7 @@
 """Operations the components share: causal attention over absolute positions (SDPA, or FlexAttention
-for masks and biases the flash kernel cannot take), the norms, the sinusoid table, and the
-residual-projection mark of GPT-2's initialisation."""
+for masks and biases the flash kernel cannot take), the norms, the sinusoid table, the
+residual-projection mark of GPT-2's initialisation, and the weight a (possibly transformed) Linear
+layer applies."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..plugin.protocols import EffectiveWeight
 
 
 def causal_sdpa(q, k, v, q_pos, k_pos, bias=None, window=None, dropout_p=0.0, full_causal=False,
@@ -84,6 +87,17 @@ def flex_causal_attention(q, k, v, q_pos, k_pos, bias=None, window=None):
         def score_mod(score, b, h, qi, ki):
             return score + bias_[h, qi, ki]
     return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def linear_weight(module) -> torch.Tensor:
+    """The (out, in) weight a Linear layer applies: ``effective_weight()`` when a transform replaced
+    the layer with a module that has one (:class:`zoo.plugin.protocols.EffectiveWeight`, e.g. LoRA's
+    W + (alpha / r) B A), else its ``.weight``. A component that uses a declared Linear's weight
+    outside the layer's forward (MLA's absorbed decoding) reads it through this, so that a
+    transform's change reaches that path too."""
+    if isinstance(module, EffectiveWeight):
+        return module.effective_weight()
+    return module.weight
 
 
 def init_residual_(linear: nn.Linear):

@@ -22,6 +22,7 @@ from ..spec.catalog import get_registry
 from ..spec.resolve import dims_of, layer_components, layer_groups, layer_spec, no_ffn
 from .cache import CarriedState, ModelCache
 from .ops import make_norm
+from .transforms import apply_transforms
 
 
 class Block(nn.Module):
@@ -63,6 +64,15 @@ def component_classes(reg):
     def component_cls(kind, name):
         return None if kind == "ffn" and no_ffn(name) else reg.get(kind, name).cls
     return component_cls
+
+
+class _Blocks(nn.Module):
+    """Some blocks standing in for a model (``blocks`` only), for transforms applied while counting
+    parameters."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
 
 
 class Transformer(nn.Module):
@@ -198,14 +208,15 @@ class Transformer(nn.Module):
 
 def build_from_spec(spec: dict, reg=None) -> Transformer:
     """The ``nn.Module`` of a resolved spec, its components' classes from ``reg`` (default: the
-    loaded registry); a spec with a ``lora`` entry gets its adapters (zoo finetune --lora)."""
+    loaded registry), with the spec's ``transforms`` applied in order (e.g. LoRA adapters, zoo
+    finetune --lora) and the parameters they freeze frozen."""
     reg = reg or get_registry()
     cls = component_classes(reg)
     model = Transformer(spec, cls("attention", spec["attention"]["name"]), cls("posenc", spec["posenc"]["name"]),
                         cls("ffn", spec["ffn"]["name"]), component_cls=cls)
-    if spec.get("lora"):  # low-rank adapters on a frozen base
-        from .lora import apply_lora
-        apply_lora(model, spec["lora"])
+    if spec.get("transforms"):
+        apply_transforms(model, spec, reg)
+        model.find_aux_losses()  # a transform may have added modules that report one
     return model
 
 
@@ -223,21 +234,18 @@ def _numel(module) -> int:
 
 def block_groups(spec: dict, reg=None):
     """(first layer, number of layers, Block) for each distinct layer of a spec, the Block built on
-    the meta device (no weights allocated); with the spec's LoRA adapters, if any."""
+    the meta device (no weights allocated); with the spec's transforms applied (to the distinct
+    blocks together, standing in for the model)."""
     reg = reg or get_registry()
     component_cls = component_classes(reg)
     att, ffn = component_cls("attention", spec["attention"]["name"]), component_cls("ffn", spec["ffn"]["name"])
-    out, adapters = [], 0
     with torch.device("meta"):
-        for first, count in layer_groups(spec):
-            block = Transformer._block(spec, first, att, ffn, component_cls)
-            if spec.get("lora"):
-                from .lora import add_adapters
-                adapters += add_adapters(block, spec["lora"])
-            out.append((first, count, block))
-    if spec.get("lora") and not adapters:
-        from .lora import no_adapters_error
-        raise no_adapters_error(spec["lora"])
+        out = [(first, count, Transformer._block(spec, first, att, ffn, component_cls))
+               for first, count in layer_groups(spec)]
+        if spec.get("transforms"):
+            holder = _Blocks([b for _, _, b in out])
+            apply_transforms(holder, spec, reg, freeze=False)
+            out = [(first, count, block) for (first, count, _), block in zip(out, holder.blocks)]
     return out
 
 

@@ -4,7 +4,7 @@ instead of being killed by the kernel or failing with a traceback.
 
 The estimate is a floor, not a forecast: a run it lets through may still not fit, but one it refuses
 cannot. Per parameter, 16 bytes: fp32 weights (4), gradients (4) and AdamW's two moments (8); with
-LoRA only the weights count (the adapters are small). Activations kept for the backward pass: 16
+transforms that freeze the base weights (LoRA) only the weights count (the adapters are small). Activations kept for the backward pass: 16
 values per token, per layer and per ``d_model`` channel (the residual stream, norms, attention and
 feed-forward inputs; measured on a CPU, gpt2 keeps about 36 and MoE and KAN layers more), in the
 autocast dtype, plus the logits and their gradient (8 bytes per vocabulary entry per token).
@@ -47,13 +47,22 @@ def count_params(spec: dict, reg=None) -> int | None:
         raise
 
 
+def _frozen(spec: dict, reg=None) -> bool:
+    """Whether the spec's transforms freeze the base weights (LoRA): then only the weights count."""
+    if not spec.get("transforms"):
+        return False
+    from ..nn.transforms import freezes_base
+    from ..spec.catalog import get_registry
+    return freezes_base(spec, reg or get_registry())
+
+
 def training_bytes(spec: dict, reg=None, batch: int = 1, seq: int | None = None, act_bytes: int = 4,
                    shards: int = 1, limit: int | None = None) -> dict:
     """The floor of what training ``spec`` needs: ``{"params", "state", "activations", "total",
     "exact"}``. ``shards`` divides the parameter state (FSDP). With ``limit``, the parameters are not
     counted when the floor without them already exceeds it (``exact`` is then False)."""
     seq = seq or spec["block_size"]
-    per_param = 4 if spec.get("lora") else BYTES_PER_PARAM
+    per_param = 4 if _frozen(spec, reg) else BYTES_PER_PARAM
     act = activation_bytes(spec, batch, seq, act_bytes)
     floor = per_param * min_params(spec) // shards + act
     params, exact, describable = min_params(spec), False, True
@@ -87,7 +96,7 @@ def check_training_memory(spec: dict, reg=None, device="cpu", batch: int = 1, se
         return est
     seq = seq or spec["block_size"]
     params = f"{est['params']:,} parameters" if est["exact"] else f"at least {est['params']:,} parameters"
-    weights = "fp32 weights" if spec.get("lora") else "fp32 weights, gradients and AdamW"
+    weights = "fp32 weights" if est["per_param"] == 4 else "fp32 weights, gradients and AdamW"
     raise ZooError(f"{what} {spec['name']!r} ({sizes}) needs at least {fmt_bytes(est['total'])}: {params} x "
                    f"{est['per_param']} bytes ({weights}) = {fmt_bytes(est['state'])}, plus about "
                    f"{fmt_bytes(est['activations'])} of activations for a batch of {batch:,} x {seq:,} tokens; "

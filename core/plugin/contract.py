@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("attention", "posenc", "ffn", "head")  # the component kinds, each registered through its own hook
+KINDS = ("attention", "posenc", "ffn", "head", "transform")  # the component kinds, each registered through its own hook
+MODEL_KINDS = ("attention", "posenc", "ffn", "head")  # the kinds a spec names one of each (transforms are a list)
 LAYER_KINDS = ("attention", "ffn")  # the kinds each layer has (and a ``layers`` override may change)
 SLOT_ATTR = {"attention": "attn", "ffn": "ffn"}  # the attribute of a Block holding a layer kind
 POSENC_KINDS = ("absolute", "rotary", "bias", "none")

@@ -35,6 +35,14 @@ def register_head(register):
 
 
 @hookspec
+def register_transform(register):
+    """Call ``register(name, cls, params_schema, tags)`` for each transform: a class built as
+    ``cls(**params)`` whose ``apply(model)`` changes a built model in place (see
+    :class:`zoo.plugin.protocols.Transform`). A spec lists the transforms to apply, in order, as
+    ``"transforms": [{"name": ..., "params": {...}}]``."""
+
+
+@hookspec
 def register_models(register):
     """Call ``register(name, entry)`` with zoo.json-style model entries, or
     ``register(None, manifest)`` with a whole manifest dict (``{"models": ..., "presets": ...}``)."""

@@ -23,7 +23,11 @@ the defaults filled in. This module imports no torch: annotations name tensors a
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # annotations only: importing this module imports no torch
+    from torch import Tensor
+    from torch.nn import Module
 
 # ---- the kinds ------------------------------------------------------------------------------------
 
@@ -66,12 +70,46 @@ class FeedForward(Protocol):
 @runtime_checkable
 class Transform(Protocol):
     """A change applied to a built model, in place, after the build and before the weights load:
-    ``apply(model)``. It replaces only the Linear layers components declare
-    (:class:`DeclaresLinears`); where it meets weights it cannot handle (:class:`DeclaresStacked`) it
-    raises :class:`zoo.errors.ZooError` naming them. ``trainable(name)`` says which parameters stay
-    trainable (None: all of them)."""
+    ``apply(model)``. Built as ``cls(**params)``; a spec lists transforms in order under
+    ``"transforms"``. It replaces only the Linear layers components declare
+    (:class:`DeclaresLinears`, found with ``zoo.components.replaceable_linears``); where it meets
+    weights it cannot handle (:class:`DeclaresStacked`) it raises :class:`zoo.errors.ZooError`
+    naming them. ``model`` is the Transformer, or, when the zoo counts parameters, a module holding
+    only ``blocks`` on the meta device: reach the components with ``zoo.components.component_sites``
+    and allocate nothing that the meta device cannot hold. Optional: :class:`SelectsTrainable`,
+    :class:`MergesWeights`, :class:`ParamsFromText`."""
 
     def apply(self, model: "Module") -> None: ...
+
+
+@runtime_checkable
+class SelectsTrainable(Protocol):
+    """A transform's say on which parameters (names as in the model's state dict) train:
+    ``trainable(name)`` is True (train it), False (freeze it) or None (no opinion). After every
+    transform is applied, a parameter is frozen when some transform says False and none says True
+    (LoRA freezes every parameter but its adapters). A transform without it freezes nothing."""
+
+    def trainable(self, name: str) -> "bool | None": ...
+
+
+@runtime_checkable
+class MergesWeights(Protocol):
+    """A transform that can fold itself into the weights: ``merge(state_dict)`` takes the state dict
+    of a model with this transform applied (and the transforms before it) and returns the state dict
+    of the same function without this transform (e.g. W + (alpha / r) B A for LoRA), raising
+    :class:`zoo.errors.ZooError` when the tensors do not fit. ``zoo lora merge`` and
+    ``zoo export hf`` merge the transforms of a run, last first, and refuse one without it."""
+
+    def merge(self, state_dict: dict) -> dict: ...
+
+
+@runtime_checkable
+class ParamsFromText(Protocol):
+    """Class method: the params of a short command-line form, e.g. ``"r=8,alpha=16"`` -> ``{"r": 8,
+    "alpha": 16.0}`` (``zoo finetune --lora``), raising :class:`zoo.errors.ZooError` with the fix."""
+
+    @classmethod
+    def params_from_text(cls, text: str) -> dict: ...
 
 
 @runtime_checkable
@@ -205,17 +243,19 @@ class CarriesState(Protocol):
 @runtime_checkable
 class DeclaresLinears(Protocol):
     """``zoo_linears``: the names (paths below the component) of the Linear layers a transform may
-    replace. A component reads such a layer's weight only through :func:`zoo.nn.ops.linear_weight`,
-    so a transform's change reaches every path. Without it, every ``nn.Linear`` below the component
-    is replaceable and read only through its forward."""
+    replace. A component reads such a layer's weight only through :func:`zoo.nn.ops.linear_weight`
+    (``zoo.components.linear_weight``), so a transform's change reaches every path. Without it,
+    every ``nn.Linear`` below the component is replaceable, and a weight the component reads
+    outside the layer's forward goes through ``linear_weight`` too."""
 
     zoo_linears: tuple
 
 
 @runtime_checkable
 class DeclaresStacked(Protocol):
-    """``zoo_stacked``: names of parameters that hold several Linear weights stacked, e.g. a MoE's
-    (E, C, H) expert weights. A transform that cannot handle them refuses by name."""
+    """``zoo_stacked``: names of parameters (paths below the component) that hold several Linear
+    weights stacked, e.g. a MoE's (E, C, H) expert weights. A transform that cannot handle them
+    refuses by name."""
 
     zoo_stacked: tuple
 
@@ -223,7 +263,8 @@ class DeclaresStacked(Protocol):
 @runtime_checkable
 class EffectiveWeight(Protocol):
     """A module a transform put in place of a Linear: ``effective_weight()`` is the (out, in) weight
-    its forward applies (e.g. W + scale * B A for LoRA)."""
+    its forward applies (e.g. W + scale * B A for LoRA), read by :func:`zoo.nn.ops.linear_weight`.
+    Its bias, if any, stays ``.bias``."""
 
     def effective_weight(self) -> "Tensor": ...
 
@@ -310,3 +351,8 @@ def carries_state(module) -> bool:
 
 def sizes_of(cls, dims, params) -> dict:
     return dict(cls.sizes(dims, params)) if isinstance(cls, DeclaresSizes) else {}
+
+
+def trainable_of(transform, name: str):
+    """What a transform says about parameter ``name``: True, False or None (no opinion)."""
+    return transform.trainable(name) if isinstance(transform, SelectsTrainable) else None

@@ -14,8 +14,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from ..errors import ManifestError
-from ..plugin.contract import KINDS
+from ..plugin.contract import MODEL_KINDS
 from ..plugin.registry import ModelSource
+from .legacy import upgrade_manifest
 
 MODEL_DEFAULTS = {"norm": "layernorm", "bias": True, "tie_weights": True}
 DIM_KEYS = ("n_layers", "n_heads", "d_model", "block_size", "vocab_size", "dropout")
@@ -113,6 +114,7 @@ def load_manifest_file(path) -> dict:
                             f"{e.colno}: {e.msg}. Fix the JSON syntax.") from None
     except ValueError as e:  # NaN or Infinity (see _no_constant)
         raise ManifestError(f"manifest file {str(path)!r}: {e}.") from None
+    data = upgrade_manifest(data)  # an old run's manifest.json (its "lora" key)
     _schema_error(_validator(None), data, f"manifest {str(path)!r}", "",
                   "Fix the manifest; see core/spec/schema/manifest.schema.json for the allowed keys.")
     return data
@@ -210,7 +212,7 @@ def apply_overrides(spec: dict, overrides: dict, model: str) -> dict:
         node = spec
         for i, p in enumerate(parts[:-1]):
             if p not in node or not isinstance(node[p], dict):
-                if p in KINDS and i == 0:
+                if p in MODEL_KINDS and i == 0:
                     raise ManifestError(f"model {model!r}: override {key!r}: {p} is not set.")
                 if node is spec and p not in spec:
                     raise ManifestError(_unknown_key(model, key, spec))

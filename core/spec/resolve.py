@@ -14,7 +14,8 @@ and checkpoints written before heads existed resolve unchanged; ``"ffn": "none"`
 "none"}``) is a block without an ffn, in the model or in a ``layers`` override.
 
 Every error names the model, the JSON path and the fix. Per-layer composition (``layers``
-overrides) is resolved here too.
+overrides) is resolved here too, and each of the spec's ``transforms`` against its transform's
+params schema.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import math
 from jsonschema import Draft202012Validator
 
 from ..errors import ManifestError
-from ..plugin.contract import DEFAULT_HEAD, KINDS, LAYER_KINDS, NO_FFN, POSENC_KINDS, Dims
+from ..plugin.contract import DEFAULT_HEAD, LAYER_KINDS, MODEL_KINDS, NO_FFN, POSENC_KINDS, Dims
 from ..plugin.protocols import spec_problems
 from ..plugin.registry import unknown_name_message
 from .manifest import DIM_KEYS, _schema_error, _validator, apply_overrides, resolve_entry
@@ -55,7 +56,7 @@ def resolve_spec(reg, name: str, preset: str | None = None, overrides: dict | No
     with_defaults(spec)
     if overrides:
         spec = with_defaults(apply_overrides(spec, dict(overrides), name))
-    for kind in KINDS:
+    for kind in MODEL_KINDS:
         if kind not in spec:
             raise ManifestError(f"model {name!r}: no {kind} is set. Add \"{kind}\": {{\"name\": ...}} to "
                                 f"the entry or to a model it extends.")
@@ -108,9 +109,13 @@ def check_spec_schema(spec, where: str, fix: str = ""):
 
 
 def _resolve_components(reg, spec, where, fix=""):
-    """Pass 2: each component's params against its own schema, per-layer overrides too (in place)."""
-    for kind in KINDS:
+    """Pass 2: each component's params against its own schema, per-layer overrides and transforms
+    too (in place)."""
+    for kind in MODEL_KINDS:
         spec[kind] = _resolve_component(reg, where, kind, spec[kind], kind, fix)
+    if "transforms" in spec:
+        spec["transforms"] = [_resolve_component(reg, where, "transform", ref, f"transforms[{i}]", fix)
+                              for i, ref in enumerate(spec["transforms"])]
     for i, override in enumerate(spec.get("layers", [])):
         for kind in LAYER_KINDS:
             if kind in override:

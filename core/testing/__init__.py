@@ -16,6 +16,9 @@ In a plugin package's tests::
 Checks build components with ``tags["example_params"]`` if given, else the schema's defaults, at
 tiny sizes, in float32 on the CPU. :func:`check_report` also says which checks a component's tags
 skip (with the reason) and which partner components each check exercised (``zoo check`` shows both).
+tiny sizes, in float32 on the CPU. A transform (built as ``cls(**params)``) is checked applied to a
+tiny model, and applied to every named model at the ``tiny`` preset with the parameters it adds
+moved away from their start (non-zero adapters): cached decoding must still equal the full forward.
 """
 from __future__ import annotations
 
@@ -27,11 +30,14 @@ from dataclasses import dataclass
 import torch
 from jsonschema import Draft202012Validator
 
-from ..nn.transformer import Transformer
+from ..errors import ZooError
+from ..nn.transformer import Transformer, build_from_spec
+from ..nn.transforms import apply_all
 from ..plugin.base import PosEnc
-from ..plugin.contract import SLOT_ATTR, Dims
+from ..plugin.contract import KINDS, SLOT_ATTR, Dims
+from ..plugin.protocols import MergesWeights, Transform
 from ..spec.catalog import get_registry
-from ..spec.resolve import cross_field_problems, fill_defaults, posenc_uses
+from ..spec.resolve import cross_field_problems, fill_defaults, posenc_uses, resolve_spec
 
 DIMS = Dims(d_model=32, n_heads=4, n_layers=2, block_size=16, vocab_size=50, bias=True, dropout=0.0)
 B, T = 2, 12
@@ -180,7 +186,7 @@ def _token_wise(tags):
 
 # ---- the checks -------------------------------------------------------------------------------
 
-@_check(kinds=("attention", "posenc", "ffn", "head"))
+@_check(kinds=KINDS)
 def check_params_schema_valid(component):
     """The params schema is a valid JSON Schema of an object, and the defaults satisfy it."""
     s = component.params_schema
@@ -309,12 +315,12 @@ def check_every_partner(component):
             _close(m(idx)[0][:, :-1], m(idx2)[0][:, :-1], f"causality with {p.kind} {p.name!r}")
 
 
-def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False):
+def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False, atol=ATOL, vocab=DIMS.vocab_size):
     """Prefill ``prompt_len`` tokens, then decode one token at a time up to ``total``; the logits
     must equal one full forward pass. ``spare`` extra cache slots stay empty and must be masked out
     (a static cache allocated for the whole context); ``explicit_pos`` passes positions as a
     tensor, as a compiled decode step does, instead of letting the cache count them."""
-    idx = torch.randint(0, DIMS.vocab_size, (B, total), generator=torch.Generator().manual_seed(6))
+    idx = torch.randint(0, vocab, (B, total), generator=torch.Generator().manual_seed(6))
     pos = torch.arange(total)  # (total,)
     with torch.no_grad():
         full, _ = m(idx)  # (B, total, V)
@@ -325,7 +331,7 @@ def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False):
     what = (f"prefill {prompt_len} + decode to {total}" + (f", {spare} spare cache slots" if spare else "")
             + (", positions given" if explicit_pos else ""))
     assert cache.length == total, f"{what}: the cache counts {cache.length} positions, expected {total}"
-    _close(torch.cat(parts, 1), full, f"{what} vs full forward")
+    _close(torch.cat(parts, 1), full, f"{what} vs full forward", atol=atol)
 
 
 # (prompt length, spare slots, explicit positions): a prompt of one token, a short prompt in a cache
@@ -507,6 +513,114 @@ def check_sliding_window_cache_matches_full(component):
     assert (a[:, 1:reach] - b[:, 1:reach]).abs().max() > 0, "changing token 0 changed no later logits"
     for prompt_len in (1, window - 1, window + 2, DIMS.block_size):
         _cache_matches_full(m, prompt_len, DIMS.block_size)
+
+
+# ---- transforms -------------------------------------------------------------------------------
+
+TRANSFORM_ATOL = 1e-4  # cached decoding vs the full forward of a transformed named model
+TRANSFORM_PRESET = "tiny"
+
+
+def make_transform(comp):
+    """A transform component's object, from its example params (or the schema's defaults)."""
+    return comp.cls(**component_params(comp))
+
+
+def _move_added(model, before, seed=0):
+    """Move every parameter that is not in ``before`` (those the transform added) away from its
+    start by N(0, 0.1): non-zero adapters, gains other than 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n not in before and p.is_floating_point():
+                p.add_(0.1 * torch.randn(p.shape, generator=g).to(p.dtype))
+
+
+def transformed(comp, spec, reg=None, seed=0):
+    """(model with the transform applied and its added parameters moved, the same model without it)
+    of a resolved spec, in eval mode; raises ZooError where the transform refuses the model."""
+    reg = reg or get_registry()
+    torch.manual_seed(seed)
+    plain = build_from_spec(spec, reg).float().eval()
+    model = copy.deepcopy(plain)
+    before = {n for n, _ in model.named_parameters()}
+    apply_all(model, [make_transform(comp)])
+    _move_added(model, before, seed)
+    return model.eval(), plain
+
+
+def check_transform_decoding(comp, name, reg=None, preset=TRANSFORM_PRESET, atol=TRANSFORM_ATOL):
+    """Named model ``name`` at ``preset`` with the transform applied (added parameters moved):
+    prefill and token-by-token decoding with the cache equal the full forward (``atol``). Returns
+    whether the transform changed the model's logits, or None where it refuses the model by name
+    (a ZooError), the model does not resolve at ``preset`` or its mixer keeps no cache."""
+    reg = reg or get_registry()
+    try:
+        spec = resolve_spec(reg, name, preset)
+    except ZooError:  # a model that does not resolve at this preset is its own problem, not the transform's
+        return None
+    if not reg.get("attention", spec["attention"]["name"]).tags.get("kv_cache", True):
+        return None
+    try:
+        model, plain = transformed(comp, spec, reg)
+    except ZooError:
+        return None
+    total = min(8, spec["block_size"])
+    try:
+        _cache_matches_full(model, 3, total, atol=atol, vocab=spec["vocab_size"])
+    except AssertionError as e:
+        raise AssertionError(f"model {name!r} ({preset}) with transform {comp.name!r}: {e}") from None
+    idx = torch.randint(0, spec["vocab_size"], (B, total), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return bool((model(idx)[0] - plain(idx)[0]).abs().max() > atol)
+
+
+@_check(kinds=("transform",))
+def check_transform_applies(component):
+    """Built as ``cls(**params)`` it is a Transform; applied to a tiny model, the model runs forward
+    and backward, finite, with gradients reaching every parameter left trainable; a transform that
+    merges (:class:`zoo.plugin.protocols.MergesWeights`) gives a state dict whose plain model has
+    the transformed model's logits."""
+    t = make_transform(component)
+    assert isinstance(t, Transform), f"{component.cls} built no Transform (it has no apply(model))"
+    reg = get_registry()
+    pe = _reference(reg, "posenc", "none")
+    plain = tiny_model(reg, _reference(reg, "attention", "mha", lambda a: pe in _partners(a, reg)), pe,
+                       _reference(reg, "ffn", "mlp"))
+    m = copy.deepcopy(plain)
+    before = {n for n, _ in m.named_parameters()}
+    apply_all(m, [t])
+    _move_added(m, before)
+    m.train()
+    idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=torch.Generator().manual_seed(4))
+    logits, loss = m(idx, idx.roll(-1, 1))
+    assert logits.shape == (B, T, DIMS.vocab_size), f"logits {tuple(logits.shape)} after the transform"
+    assert torch.isfinite(loss), "non-finite loss after the transform"
+    loss.backward()
+    trainable = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable, "the transform left no parameter trainable"
+    for n, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"parameter {n} got no finite gradient"
+    if isinstance(t, MergesWeights):
+        m.eval()
+        merged = copy.deepcopy(plain)
+        merged.load_state_dict(t.merge(m.state_dict()))
+        with torch.no_grad():
+            _close(merged(idx)[0], m(idx)[0], "logits of the merged state dict vs the transformed model",
+                   atol=TRANSFORM_ATOL)
+
+
+@_check(kinds=("transform",), applies=lambda tags: tags.get("changes_layers", True))
+def check_transform_cache_matches_full(component):
+    """For every named model at the tiny preset, with the transform applied and the parameters it
+    adds moved away from their start (non-zero adapters): prefill plus decoding with the cache equals
+    the full forward (atol 1e-4), through every path a component reads its layers (e.g. MLA's
+    absorbed decoding). The transform must change some model's logits (else tag it
+    ``changes_layers: False``); a model it refuses by name (ZooError) is left out."""
+    reg = get_registry()
+    changed = [name for name in reg.list_models() if check_transform_decoding(component, name, reg)]
+    assert changed, (f"transform {component.name!r} changed the logits of none of the named models "
+                     f"{reg.list_models()} (or refused them all)")
 
 
 # ---- running ----------------------------------------------------------------------------------

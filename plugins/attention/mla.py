@@ -15,7 +15,8 @@ Absorbed decoding (section 2.1.3 of the paper): the key up-projection W_UK is fo
 q_nope W_UK -> a query in latent space, and the value up-projection W_UV is applied after attention,
 so decoding attends over the cached latents directly (one shared "kv head" of size
 kv_lora_rank + rope for keys and kv_lora_rank for values) without expanding keys and values per
-head. Training and prefill without a cache use the materialised path; both give the same result.
+head. Training and prefill without a cache use the materialised path; both give the same result,
+also with a transform on ``wkv_b``: the absorbed path reads its weight through ``linear_weight``.
 """
 import math
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from zoo.components import KVCache, causal_sdpa, init_residual_
+from zoo.components import KVCache, causal_sdpa, init_residual_, linear_weight
 from zoo.hookspecs import hookimpl
 
 
@@ -176,8 +177,10 @@ class MultiHeadLatentAttention(nn.Module):
                            full_causal=full_causal)  # (B, H, T, v)
 
     def _absorbed(self, q_nope, q_rope, kv, c, pos, k_pos, bias):
-        """Attention over the latents: W_UK folded into the query, W_UV applied to the output."""
-        w = self.wkv_b.weight.to(q_nope.dtype).view(self.n_heads, self.nope + self.v_dim, self.rank)  # (H, nope+v, r)
+        """Attention over the latents: W_UK folded into the query, W_UV applied to the output. The
+        weight is what wkv_b applies (``linear_weight``), so a transform's change to the layer (LoRA)
+        reaches this path as it reaches the materialised one."""
+        w = linear_weight(self.wkv_b).to(q_nope.dtype).view(self.n_heads, self.nope + self.v_dim, self.rank)  # (H, nope+v, r)
         w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # (H, nope, r), (H, v, r)
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, r)
         q = torch.cat([q_lat, q_rope], dim=-1)  # (B, H, T, r+rope)

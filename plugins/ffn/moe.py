@@ -136,6 +136,8 @@ class MoE(nn.Module):
             self.b_in = nn.Parameter(torch.zeros(n_experts, n_in)) if dims.bias else None
             self.b_out = nn.Parameter(torch.zeros(n_experts, C)) if dims.bias else None
             self.experts = None
+            # stacked Linear weights, (E, ...): a transform that adapts Linear layers refuses them by name
+            self.zoo_stacked = tuple(n for n in ("w_in", "w_out", "b_in", "b_out") if getattr(self, n) is not None)
         else:  # experts are instances of another FFN plugin
             import zoo
             from zoo.spec.resolve import fill_defaults

@@ -39,7 +39,7 @@ from ...io.checkpoint import CKPT_NAME, load_checkpoint, plugins_of, resolve_che
 from ...io.rundir import check_name
 from ...io.safetensors import load_file, save_file
 from ...nn.device import dtype_name, parse_dtype
-from ...nn.lora import merged_state_dict
+from ...nn.transforms import merge_transforms
 from ...nn.transformer import build_from_spec
 from ...plugin.registry import ModelSource
 from ...spec.catalog import get_registry
@@ -333,8 +333,8 @@ def export_hf(run, out, force: bool = False) -> Path:
     check_output_dir(out, force, inputs=[run_dir])
     ckpt = load_checkpoint(run)
     spec, sd = ckpt["spec"], ckpt["model"]
-    if spec.get("lora"):
-        spec, sd = merged_state_dict(ckpt)
+    if spec.get("transforms"):  # a LoRA run: its adapters folded into the weights on the fly
+        spec, sd = merge_transforms(spec, sd, get_registry())
     arch = export_arch(spec)
     cfg = arch.to_hf(spec, ckpt.get("hf", {}).get("config"))
     dtype = next(iter(sd.values())).dtype

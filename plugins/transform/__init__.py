@@ -1,0 +1,1 @@
+"""Built-in transforms: changes applied to a built model (LoRA)."""
