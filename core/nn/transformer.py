@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..plugin.contract import SLOT_ATTR
+from ..plugin.protocols import construct
 from ..spec.catalog import get_registry
 from ..spec.resolve import dims_of, layer_groups, layer_spec
 from .cache import ModelCache
@@ -21,13 +22,15 @@ from .ops import make_norm
 
 
 class Block(nn.Module):
-    def __init__(self, spec, attention_cls, ffn_cls, layer):
+    def __init__(self, spec, attention_cls, ffn_cls, layer, components=None):
+        """``components``: the registry's components (kind -> name -> component) that a composite
+        component (:class:`zoo.plugin.protocols.Composite`) takes its parts from."""
         super().__init__()
         dims = dims_of(spec, layer)
         self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
-        self.attn = attention_cls(dims, **spec["attention"]["params"])
+        self.attn = construct(attention_cls, dims, spec["attention"]["params"], components)
         self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
-        self.ffn = ffn_cls(dims, **spec["ffn"]["params"])
+        self.ffn = construct(ffn_cls, dims, spec["ffn"]["params"], components)
 
     def forward(self, x, posenc, pos, cache=None):  # x: (B, T, C)
         x = x + self.attn(self.norm1(x), posenc, pos, cache)  # (B, T, C)
@@ -37,16 +40,18 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A decoder-only language model built from a resolved spec and the component classes."""
 
-    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None):
+    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None, components=None):
         """``component_cls(kind, name)`` gives the class of a component that a ``layers`` override
-        names (default: from the registry); the model-wide classes are given directly."""
+        names (default: from ``components``, else the loaded registry); the model-wide classes are
+        given directly. ``components``: the components (kind -> name -> component) of the registry
+        the spec was resolved with, where composite components find their parts."""
         super().__init__()
         self.spec = spec
         dims = dims_of(spec)
         self.wte = nn.Embedding(spec["vocab_size"], spec["d_model"])
-        self.posenc = posenc_cls(dims, **spec["posenc"]["params"])
+        self.posenc = construct(posenc_cls, dims, spec["posenc"]["params"], components)
         self.drop = nn.Dropout(spec["dropout"])
-        self.blocks = nn.ModuleList(self._block(spec, i, attention_cls, ffn_cls, component_cls)
+        self.blocks = nn.ModuleList(self._block(spec, i, attention_cls, ffn_cls, component_cls, components)
                                     for i in range(spec["n_layers"]))
         self.norm_f = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.lm_head = nn.Linear(spec["d_model"], spec["vocab_size"], bias=False)
@@ -58,14 +63,16 @@ class Transformer(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02 / math.sqrt(2 * spec["n_layers"]))
 
     @staticmethod
-    def _block(spec, i, attention_cls, ffn_cls, component_cls):
+    def _block(spec, i, attention_cls, ffn_cls, component_cls, components=None):
         """Block i, with the attention and ffn that the spec's ``layers`` overrides give it."""
         ls = layer_spec(spec, i)
-        if component_cls is None:
+        if component_cls is None and components is not None:
+            component_cls = lambda kind, name: components[kind][name].cls  # noqa: E731
+        elif component_cls is None:
             component_cls = lambda kind, name: get_registry().get(kind, name).cls  # noqa: E731
         att = attention_cls if ls["attention"]["name"] == spec["attention"]["name"] else component_cls("attention", ls["attention"]["name"])
         ffn = ffn_cls if ls["ffn"]["name"] == spec["ffn"]["name"] else component_cls("ffn", ls["ffn"]["name"])
-        return Block(ls, att, ffn, i)
+        return Block(ls, att, ffn, i, components)
 
     @staticmethod
     def _init_weights(m):
@@ -141,7 +148,7 @@ def build_from_spec(spec: dict, reg=None) -> Transformer:
     reg = reg or get_registry()
     model = Transformer(spec, reg.get("attention", spec["attention"]["name"]).cls,
                         reg.get("posenc", spec["posenc"]["name"]).cls, reg.get("ffn", spec["ffn"]["name"]).cls,
-                        component_cls=lambda kind, name: reg.get(kind, name).cls)
+                        component_cls=lambda kind, name: reg.get(kind, name).cls, components=reg.components)
     if spec.get("lora"):  # low-rank adapters on a frozen base
         from .lora import apply_lora
         apply_lora(model, spec["lora"])
@@ -161,7 +168,7 @@ def block_groups(spec: dict, reg=None):
     out, adapters = [], 0
     with torch.device("meta"):
         for first, count in layer_groups(spec):
-            block = Transformer._block(spec, first, att, ffn, component_cls)
+            block = Transformer._block(spec, first, att, ffn, component_cls, reg.components)
             if spec.get("lora"):
                 from .lora import add_adapters
                 adapters += add_adapters(block, spec["lora"])
@@ -182,7 +189,8 @@ def param_count(spec: dict, reg=None) -> int:
     groups = block_groups(spec, reg)
     with torch.device("meta"):
         rest = [nn.Embedding(spec["vocab_size"], spec["d_model"]),
-                reg.get("posenc", spec["posenc"]["name"]).cls(dims_of(spec), **spec["posenc"]["params"]),
+                construct(reg.get("posenc", spec["posenc"]["name"]).cls, dims_of(spec), spec["posenc"]["params"],
+                          reg.components),
                 make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))]
         if not spec["tie_weights"]:
             rest.append(nn.Linear(spec["d_model"], spec["vocab_size"], bias=False))

@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 
 from ..errors import ManifestError
 from ..plugin.contract import KINDS, LAYER_KINDS, POSENC_KINDS, Dims
+from ..plugin.protocols import spec_problems
 from ..plugin.registry import unknown_name_message
 from .manifest import DIM_KEYS, _schema_error, _validator, apply_overrides, resolve_entry
 
@@ -201,10 +202,8 @@ def _layer_problems(reg, spec: dict) -> list[str]:
                     ok = sorted(n_ for n_, c in reg.components["posenc"].items() if c.tags.get("kind") in accepted)
                     out.append(f"at layers[{i}].attention.name: attention {comp.name!r} does not accept "
                                f"{pe.tags.get('kind')} encodings like {pe.name!r}; use one of {ok}.")
-            check = getattr(comp.cls, "validate_spec", None)
-            if check is not None:
-                for msg in check(dims_of(spec, first), override[kind]["params"]) or []:
-                    out.append(f"at layers[{i}].{kind}.params: {msg}.")
+            for msg in spec_problems(comp.cls, dims_of(spec, first), override[kind]["params"], reg.components):
+                out.append(f"at layers[{i}].{kind}.params: {msg}.")
     return out
 
 
@@ -232,10 +231,8 @@ def cross_field_problems(reg, spec: dict) -> list[str]:
         out.append(f"at posenc.name: attention {att.name!r} does not accept {kind} encodings like "
                    f"{pe.name!r}; use one of {ok}.")
     for kind_, comp in (("attention", att), ("posenc", pe), ("ffn", reg.get("ffn", spec["ffn"]["name"]))):
-        check = getattr(comp.cls, "validate_spec", None)
-        if check is not None:
-            for msg in check(dims, spec[kind_]["params"]) or []:
-                out.append(f"at {kind_}.params: {msg}.")
+        for msg in spec_problems(comp.cls, dims, spec[kind_]["params"], reg.components):
+            out.append(f"at {kind_}.params: {msg}.")
     if spec.get("layers"):
         out += _layer_problems(reg, spec)
     return out
