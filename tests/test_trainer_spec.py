@@ -1,6 +1,7 @@
 """The Trainer takes a resolved spec and a tokenizer object; a model name is resolved once, at the
 edge (zoo.train.start); zoo finetune hands its spec and tokenizer over without touching the global
 registry or writing temporary files."""
+import dataclasses
 import json
 import os
 import tempfile
@@ -11,6 +12,8 @@ import torch
 import zoo
 from zoo.errors import ZooError
 from zoo.io.checkpoint import load_checkpoint, plugins_of, save_checkpoint
+from zoo.plugin.registry import ModelSource
+from zoo.spec.resolve import resolve_spec
 from zoo.tokenizers import CharTokenizer
 from zoo.train import TrainConfig, Trainer, train
 
@@ -133,10 +136,7 @@ def test_finetune_leaves_the_registry_alone_and_writes_no_temporary_file(base_ru
                            "manifest.json").read_text())
     assert set(manifest["models"]) == set(manifest["presets"]) == {"gpt2-lora"}
     # the run's manifest gives the same spec back through the resolver
-    from zoo.spec.resolve import resolve_spec
-    import dataclasses
     view = dataclasses.replace(reg, models=dict(reg.models), presets=dict(reg.presets))
-    from zoo.plugin.registry import ModelSource
     view.models["gpt2-lora"] = ModelSource(manifest["models"]["gpt2-lora"], "t", "0", "t")
     view.presets["gpt2-lora"] = ModelSource(manifest["presets"]["gpt2-lora"], "t", "0", "t")
     assert resolve_spec(view, "gpt2-lora", "gpt2-lora") == ckpt["spec"]
