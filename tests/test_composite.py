@@ -67,6 +67,8 @@ def test_an_expert_registered_only_in_a_test_registry_is_found_through_the_build
     assert type(moe) is MoE and all(type(e) is ToyExpert and e.width == 5 for e in moe.experts)
     assert type(moe.shared) is MySwiGLU  # the shared experts' swiglu comes from the same registry
     assert param_count(spec, custom) == model.num_params()
+    from zoo.io.checkpoint import plugins_of
+    assert plugins_of(spec, custom) == {"zoo": zoo.__version__, "tests": "0"}  # the expert's distribution too
     idx = torch.randint(0, spec["vocab_size"], (2, 8))
     logits, loss = model(idx, idx)
     assert logits.shape == (2, 8, spec["vocab_size"]) and torch.isfinite(loss)
