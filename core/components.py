@@ -13,4 +13,14 @@ from .plugin.contract import POSENC_KINDS, Dims  # noqa: F401
 
 __all__ = ["Dims", "PosEnc", "POSENC_KINDS", "KVCache", "default_kv_elems_per_token", "causal_sdpa",
            "flex_attention_fn", "flex_causal_attention", "init_residual_", "make_norm", "sinusoid",
-           "linear_weight", "component_sites", "replaceable_linears", "stacked_params", "replace_module"]
+           "linear_weight", "component_sites", "replaceable_linears", "stacked_params", "replace_module",
+           "parts_for"]
+
+
+def parts_for(cls, params: dict, reg=None) -> dict:
+    """The ``parts`` a composite component (:class:`zoo.plugin.protocols.Composite`) is made of
+    with these params, from ``reg`` (default: the loaded registry), for building one by hand (a
+    unit test). A model's build passes them itself, from the registry its spec was resolved with."""
+    from .plugin.protocols import parts_of
+    from .spec.catalog import get_registry
+    return parts_of(cls, params, (reg or get_registry()).components)

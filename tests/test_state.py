@@ -285,11 +285,11 @@ def test_training_carries_state_and_resumes_exactly(toy_registry, tmp_path, corp
     """gpt2-ema trains on contiguous segments with its state carried; 8 steps straight and 4 + resume
     + 4 give the same losses, weights and validation loss (the state is in the checkpoint)."""
     from zoo.io.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
-    from zoo.train import TrainConfig, Trainer, train
+    from zoo.train import TrainConfig, train, trainer_for
     # a constant learning rate: the run stopped at step 4 has the schedule of the run to step 8
     cfg = {"preset": "tiny", "max_iters": 8, "eval_interval": 4, "eval_iters": 2, "batch_size": 2, "grad_accum": 2,
            "warmup": 0, "lr": 1e-3, "min_lr": 1e-3, "sample_tokens": 0, "log_interval": 4, "data": str(corpus)}
-    t = Trainer("gpt2-ema", TrainConfig(**cfg, out=str(tmp_path / "probe"), run_id="p"))
+    t = trainer_for("gpt2-ema", TrainConfig(**cfg, out=str(tmp_path / "probe"), run_id="p"))
     assert t.carried == [0, 1] and type(t.sampler).__name__ == "SegmentSampler"
     assert len(t.states) == 2 and t.val_batches[0][0].shape[0] == 2
     t.close()

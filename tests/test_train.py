@@ -14,7 +14,7 @@ import zoo
 from zoo.io.checkpoint import load_checkpoint
 from zoo.cli import main
 from zoo.train.compare import read_run
-from zoo.train import TrainConfig, Trainer, lr_at, param_groups, train
+from zoo.train import TrainConfig, lr_at, param_groups, train, trainer_for
 
 from conftest import needs_data
 
@@ -78,7 +78,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, corpus):
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
-    t = Trainer("gpt2", TrainConfig(**dict(SMALL, ckpt_interval=5), data=str(corpus), out=str(tmp_path), run_id="r"))
+    t = trainer_for("gpt2", TrainConfig(**dict(SMALL, ckpt_interval=5), data=str(corpus), out=str(tmp_path), run_id="r"))
     real, calls = t.forward, []
 
     def poisoned(x, y):  # the loss of step 8 onwards is NaN, as after a blow-up
@@ -264,7 +264,7 @@ def test_mfu_uses_the_components_flops_counted_by_hand(tmp_path, corpus):
     """The trainer's MFU: 3 x the forward FLOPs that the components report (zoo.perf.flops), counted
     here by hand for gpt2 at tiny (the char vocabulary of the corpus), over a peak set for the test."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    t = Trainer("gpt2", TrainConfig(**dict(SMALL, max_iters=4, eval_interval=4), data=str(corpus),
+    t = trainer_for("gpt2", TrainConfig(**dict(SMALL, max_iters=4, eval_interval=4), data=str(corpus),
                                     out=str(tmp_path), run_id="mfu"))
     L, C, T, V = 2, 64, 32, t.spec["vocab_size"]
     attention = 2 * (C * 3 * C + C * C) + 4 * T * C  # qkv and output projections; QK^T and AV over T keys
@@ -296,7 +296,7 @@ def test_a_presets_training_recipe_comes_from_the_manifest(tmp_path, corpus, fre
         "train": {"max_iters": 3, "batch_size": 2, "lr": 5e-4, "min_lr": 5e-5, "warmup": 1, "beta2": 0.9,
                   "eval_interval": 3, "eval_iters": 1, "weight_decay": 0.05, "sample_tokens": 0}}}}))
     zoo.configure([str(m)])
-    t = Trainer("gpt2", TrainConfig(preset="mine", data=str(corpus), out=str(tmp_path), lr=7e-4))
+    t = trainer_for("gpt2", TrainConfig(preset="mine", data=str(corpus), out=str(tmp_path), lr=7e-4))
     c = t.cfg
     assert (c.max_iters, c.batch_size, c.min_lr, c.warmup, c.beta2, c.weight_decay) == (3, 2, 5e-5, 1, 0.9, 0.05)
     assert c.lr == 7e-4  # the user's flag wins over the recipe

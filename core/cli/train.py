@@ -17,7 +17,7 @@ def f_(x, fmt):
 def cmd_train(args):
     from ..train.config import TrainConfig
     from ..train.dist import Dist
-    from ..train.trainer import train
+    from ..train.start import train
     if not args.names and not args.resume:
         raise ZooError("name a model to train (see `zoo list`), or --resume RUN_DIR.")
     if args.names and args.resume:

@@ -25,6 +25,7 @@ from ..errors import ZooError, ZooWarning
 from ..nn.device import parse_dtype
 from ..nn.transformer import build_from_spec
 from ..plugin.contract import LAYER_KINDS, MODEL_KINDS
+from ..plugin.protocols import parts_of
 from ..plugin.registry import _norm
 from ..spec.catalog import get_registry
 from ..spec.legacy import upgrade_spec
@@ -37,13 +38,16 @@ COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts before the names of a 
 
 
 def plugins_of(spec: dict, reg=None) -> dict:
-    """The plugin distributions (and versions) that provide a spec's components."""
+    """The plugin distributions (and versions) that provide a spec's components, and the parts a
+    composite component is made of (a MoE's experts)."""
     reg = reg or get_registry()
     out = {}
     for kind, ref in component_refs(spec):
         comp = reg.components[kind].get(ref["name"])
         if comp is not None:
             out[comp.dist] = comp.version
+            for part in parts_of(comp.cls, ref.get("params", {}), reg.components).values():
+                out[part.dist] = part.version
     return out
 
 

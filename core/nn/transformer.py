@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..errors import ZooError
 from ..plugin.contract import DEFAULT_HEAD, SLOT_ATTR
-from ..plugin.protocols import HasAuxLoss, carries_state, is_residual
+from ..plugin.protocols import HasAuxLoss, carries_state, construct, is_residual
 from ..spec.catalog import get_registry
 from ..spec.resolve import dims_of, layer_components, layer_groups, layer_spec, no_ffn
 from .cache import CarriedState, ModelCache
@@ -29,16 +29,18 @@ class Block(nn.Module):
     """A pre-norm residual block: the token mixer, then the ffn. ``ffn_cls`` None (``"ffn": "none"``)
     is a block without an ffn and without its norm (``ffn`` and ``norm2`` are None)."""
 
-    def __init__(self, spec, attention_cls, ffn_cls, layer):
+    def __init__(self, spec, attention_cls, ffn_cls, layer, components=None):
+        """``components``: the registry's components (kind -> name -> component) that a composite
+        component (:class:`zoo.plugin.protocols.Composite`) takes its parts from."""
         super().__init__()
         dims = dims_of(spec, layer)
         self.layer = layer
         self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
-        self.attn = attention_cls(dims, **spec["attention"]["params"])
+        self.attn = construct(attention_cls, dims, spec["attention"]["params"], components)
         self.norm2 = self.ffn = None
         if ffn_cls is not None:
             self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
-            self.ffn = ffn_cls(dims, **spec["ffn"]["params"])
+            self.ffn = construct(ffn_cls, dims, spec["ffn"]["params"], components)
 
     def components(self):
         """(kind, module) of the layer components this block has: the attention, and the ffn unless none."""
@@ -59,10 +61,14 @@ class Block(nn.Module):
         return y  # (B, T, C)
 
 
-def component_classes(reg):
-    """``component_cls(kind, name)`` from a registry: the class, None for ``ffn: none``."""
+def component_classes(reg, components=None):
+    """``component_cls(kind, name)`` from a registry (or, given, a registry's ``components``: kind ->
+    name -> component): the class, None for ``ffn: none``."""
     def component_cls(kind, name):
-        return None if kind == "ffn" and no_ffn(name) else reg.get(kind, name).cls
+        if kind == "ffn" and no_ffn(name):
+            return None
+        comp = (components or {}).get(kind, {}).get(name)
+        return comp.cls if comp is not None else (reg or get_registry()).get(kind, name).cls
     return component_cls
 
 
@@ -78,19 +84,22 @@ class _Blocks(nn.Module):
 class Transformer(nn.Module):
     """A decoder-only language model built from a resolved spec and the component classes."""
 
-    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None, head_cls=None):
+    def __init__(self, spec: dict, attention_cls, posenc_cls, ffn_cls, component_cls=None, head_cls=None,
+                 components=None):
         """``component_cls(kind, name)`` gives the class of a component that a ``layers`` override
-        or the spec's ``head`` names (default: from the registry); the model-wide classes are given
-        directly. ``ffn_cls`` None: no ffn (``"ffn": "none"``)."""
+        or the spec's ``head`` names (default: from ``components``, else the loaded registry); the
+        model-wide classes are given directly. ``ffn_cls`` None: no ffn (``"ffn": "none"``).
+        ``components``: the components (kind -> name -> component) of the registry the spec was
+        resolved with, where composite components find their parts."""
         super().__init__()
         self.spec = spec
         dims = dims_of(spec)
         if component_cls is None:
-            component_cls = component_classes(get_registry())
+            component_cls = component_classes(None, components)
         self.wte = nn.Embedding(spec["vocab_size"], spec["d_model"])
-        self.posenc = posenc_cls(dims, **spec["posenc"]["params"])
+        self.posenc = construct(posenc_cls, dims, spec["posenc"]["params"], components)
         self.drop = nn.Dropout(spec["dropout"])
-        self.blocks = nn.ModuleList(self._block(spec, i, attention_cls, ffn_cls, component_cls)
+        self.blocks = nn.ModuleList(self._block(spec, i, attention_cls, ffn_cls, component_cls, components)
                                     for i in range(spec["n_layers"]))
         self.norm_f = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.lm_head = nn.Linear(spec["d_model"], spec["vocab_size"], bias=False)
@@ -105,14 +114,14 @@ class Transformer(nn.Module):
         self.find_aux_losses()
 
     @staticmethod
-    def _block(spec, i, attention_cls, ffn_cls, component_cls):
+    def _block(spec, i, attention_cls, ffn_cls, component_cls, components=None):
         """Block i, with the attention and ffn that the spec's ``layers`` overrides give it."""
         ls = layer_spec(spec, i)
         if component_cls is None:
-            component_cls = component_classes(get_registry())
+            component_cls = component_classes(None, components)
         att = attention_cls if ls["attention"]["name"] == spec["attention"]["name"] else component_cls("attention", ls["attention"]["name"])
         ffn = ffn_cls if ls["ffn"]["name"] == spec["ffn"]["name"] else component_cls("ffn", ls["ffn"]["name"])
-        return Block(ls, att, ffn, i)
+        return Block(ls, att, ffn, i, components)
 
     def find_aux_losses(self):
         """Record the modules that declare an auxiliary loss (:class:`zoo.plugin.protocols.HasAuxLoss`),
@@ -213,7 +222,7 @@ def build_from_spec(spec: dict, reg=None) -> Transformer:
     reg = reg or get_registry()
     cls = component_classes(reg)
     model = Transformer(spec, cls("attention", spec["attention"]["name"]), cls("posenc", spec["posenc"]["name"]),
-                        cls("ffn", spec["ffn"]["name"]), component_cls=cls)
+                        cls("ffn", spec["ffn"]["name"]), component_cls=cls, components=reg.components)
     if spec.get("transforms"):
         apply_transforms(model, spec, reg)
         model.find_aux_losses()  # a transform may have added modules that report one
@@ -240,7 +249,7 @@ def block_groups(spec: dict, reg=None):
     component_cls = component_classes(reg)
     att, ffn = component_cls("attention", spec["attention"]["name"]), component_cls("ffn", spec["ffn"]["name"])
     with torch.device("meta"):
-        out = [(first, count, Transformer._block(spec, first, att, ffn, component_cls))
+        out = [(first, count, Transformer._block(spec, first, att, ffn, component_cls, reg.components))
                for first, count in layer_groups(spec)]
         if spec.get("transforms"):
             holder = _Blocks([b for _, _, b in out])
@@ -260,7 +269,8 @@ def param_count(spec: dict, reg=None) -> int:
     groups = block_groups(spec, reg)
     with torch.device("meta"):
         rest = [nn.Embedding(spec["vocab_size"], spec["d_model"]),
-                reg.get("posenc", spec["posenc"]["name"]).cls(dims_of(spec), **spec["posenc"]["params"]),
+                construct(reg.get("posenc", spec["posenc"]["name"]).cls, dims_of(spec), spec["posenc"]["params"],
+                          reg.components),
                 make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))]
         if not spec["tie_weights"]:
             rest.append(nn.Linear(spec["d_model"], spec["vocab_size"], bias=False))

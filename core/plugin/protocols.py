@@ -170,6 +170,21 @@ class ValidatesSpec(Protocol):
 
 
 @runtime_checkable
+class Composite(Protocol):
+    """A component made of other registered components (a MoE's experts are an ffn plugin). Class
+    method ``composes(params) -> [(kind, name), ...]``: the components it is made of with these
+    params. The build passes them as the keyword ``parts={(kind, name): component}``, each the
+    registered component (its ``cls``, ``params_schema``, ``tags``) from the registry the spec was
+    resolved with, never the global one; ``validate_spec(dims, params, parts=...)`` gets the same
+    mapping, where a name no plugin registers is missing (say so; if the component says nothing, the
+    core reports the missing part). Built by hand (a unit test) it may be given no ``parts``: then
+    :func:`zoo.components.parts_for` gives them from the loaded registry."""
+
+    @classmethod
+    def composes(cls, params: dict) -> list: ...
+
+
+@runtime_checkable
 class ReportsCacheSize(Protocol):
     """Class method of a mixer: what its cache holds per layer, in numbers (elements, not bytes):
     ``(per_token, per_sequence)``. Keys and values grow per token; a fixed-size state is per sequence.
@@ -313,9 +328,41 @@ def max_positions_of(posenc):
     return posenc.max_positions() if isinstance(posenc, BoundedPositions) else None
 
 
-def spec_problems(cls, dims, params) -> list:
-    """Cross-field problems a component class finds in its params at these sizes (:class:`ValidatesSpec`)."""
-    return list(cls.validate_spec(dims, params) or []) if isinstance(cls, ValidatesSpec) else []
+def parts_of(cls, params: dict, components: dict) -> dict:
+    """``{(kind, name): component}`` of what a :class:`Composite` class composes with these params,
+    from ``components`` (a registry's ``components``: kind -> name -> component); a name not there
+    is left out. ``{}`` for a class that composes nothing."""
+    if not isinstance(cls, Composite):
+        return {}
+    out = {}
+    for kind, name in cls.composes(params) or []:
+        comp = components.get(kind, {}).get(name)
+        if comp is not None:
+            out[(kind, name)] = comp
+    return out
+
+
+def construct(cls, dims, params: dict, components: dict | None = None):
+    """``cls(dims, **params)``; a :class:`Composite` also gets ``parts`` from ``components`` (a
+    registry's ``components``), when given."""
+    if components is not None and isinstance(cls, Composite):
+        return cls(dims, **params, parts=parts_of(cls, params, components))
+    return cls(dims, **params)
+
+
+def spec_problems(cls, dims, params, components: dict | None = None) -> list:
+    """What ``validate_spec`` says (a :class:`Composite` gets its ``parts`` from ``components``), and
+    for a composite that says nothing, each part no plugin registers."""
+    if components is None or not isinstance(cls, Composite):
+        return list(cls.validate_spec(dims, params) or []) if isinstance(cls, ValidatesSpec) else []
+    parts = parts_of(cls, params, components)
+    out = list(cls.validate_spec(dims, params, parts=parts) or []) if isinstance(cls, ValidatesSpec) else []
+    if not out:
+        for kind, name in cls.composes(params) or []:
+            if (kind, name) not in parts:
+                out.append(f"{kind} {name!r}, which {cls.__name__} is made of, is not registered; registered "
+                           f"{kind} components: {', '.join(sorted(components.get(kind, {}))) or '(none)'}")
+    return out
 
 
 def cache_size(cls, dims, params):

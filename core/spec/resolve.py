@@ -230,7 +230,7 @@ def _layer_problems(reg, spec: dict) -> list[str]:
             comp = reg.get(kind, override[kind]["name"])
             if kind == "attention" and pe.tags.get("kind") not in posenc_accepted(comp.tags):
                 out.append(f"at layers[{i}].attention.name: {_not_accepted(reg, comp, pe)}")
-            for msg in spec_problems(comp.cls, dims_of(spec, first), override[kind]["params"]):
+            for msg in spec_problems(comp.cls, dims_of(spec, first), override[kind]["params"], reg.components):
                 out.append(f"at layers[{i}].{kind}.params: {msg}.")
     return out
 
@@ -319,7 +319,8 @@ def cross_field_problems(reg, spec: dict) -> list[str]:
     if not no_ffn(spec["ffn"]):
         comps.append(("ffn", reg.get("ffn", spec["ffn"]["name"])))
     for kind_, comp in comps:
-        for msg in spec_problems(comp.cls, dims, spec[kind_]["params"] if kind_ != "head" else head["params"]):
+        for msg in spec_problems(comp.cls, dims, spec[kind_]["params"] if kind_ != "head" else head["params"],
+                                 reg.components):
             out.append(f"at {kind_}.params: {msg}.")
     if spec.get("layers"):
         out += _layer_problems(reg, spec)

@@ -92,8 +92,13 @@ class TrainConfig:
                 setattr(self, k, v)
         if self.ckpt_interval is None:
             self.ckpt_interval = self.eval_interval
-        self.check()
+        if self.__dict__.get("_checked") != self._values():  # filled and checked once already: no second warning
+            self.check()
+            self.__dict__["_checked"] = self._values()
         return self
+
+    def _values(self) -> tuple:
+        return tuple((f.name, repr(getattr(self, f.name))) for f in fields(self))
 
     def check(self):
         """Every option within its range (a ``ZooError`` naming the option and the range), whole floats

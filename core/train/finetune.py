@@ -14,10 +14,11 @@ from ..io.atomic import write_json
 from ..io.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..io.rundir import check_name
 from ..io.safetensors import load_file, metadata, save_file
-from ..plugin.registry import ModelSource
 from ..spec.catalog import get_registry
 from ..spec.legacy import lora_transform
 from ..spec.manifest import DIM_KEYS, check_entry
+from ..spec.resolve import validate_spec
+from ..tokenizers import from_config, load_config
 from .progress import Progress
 from .trainer import Trainer
 
@@ -74,17 +75,6 @@ FINETUNE_DEFAULTS = {  # small, careful steps from pretrained weights; every one
 FINETUNE_RECIPE = dict(max_iters=200, batch_size=4, grad_accum=1, warmup=10, eval_interval=50, eval_iters=20)
 
 
-def _register(name: str, spec: dict, origin: str):
-    """Put a spec into the loaded registry as a named model and preset, as zoo.json entries are."""
-    entry = {k: v for k, v in spec.items() if k not in ("name", "preset") + DIM_KEYS}
-    preset = {k: spec[k] for k in DIM_KEYS}
-    check_entry(entry, "model", name, origin)
-    reg = get_registry()
-    reg.models[name] = ModelSource(entry, "<finetune>", "0", origin)
-    reg.presets[name] = ModelSource(preset, "<finetune>", "0", origin)
-    return entry, preset
-
-
 def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_size: int | None = None,
              log=None, transforms: list | None = None) -> dict:
     """Fine-tune the model of run directory ``run`` with the trainer of ``zoo train``; ``cfg`` is a
@@ -113,19 +103,24 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
     transforms = list(transforms or []) + ([{"name": "lora", "params": dict(lora)}] if lora else [])
     if transforms:
         spec["transforms"] = transforms
-    name = name or f"{spec['name']}-{'lora' if lora else 'ft'}"
+    base_name = spec["name"]
+    name = name or f"{base_name}-{'lora' if lora else 'ft'}"
     check_name(name, "model name")
-    if name in reg.models and reg.models[name].dist != "<finetune>":
+    if name in reg.models:  # the run would pass for that model (zoo compare NAME, its manifest.json)
         raise ZooError(f"model name {name!r} is already registered by {reg.models[name].origin}; pass --name.")
-    entry, preset = _register(name, spec, f"zoo finetune of {run}")
-    cfg.tokenizer = _tokenizer_file(run, base_ckpt)
+    spec.update(name=name, preset=name)  # its own model and preset, as manifest.json in its run records them
+    entry = {k: v for k, v in spec.items() if k not in ("name", "preset") + DIM_KEYS}
+    preset = {k: spec[k] for k in DIM_KEYS}
+    check_entry(entry, "model", name, f"zoo finetune of {run}")
+    spec = validate_spec(reg, spec, f"model {name!r} (preset {name!r})")
+    tok = _tokenizer(run, base_ckpt)
     cfg.preset = name
-    cfg.overrides = {"vocab_size": spec["vocab_size"]}  # the trainer would pad it; the weights fix it
+    cfg.overrides = {"vocab_size": spec["vocab_size"]}  # recorded as zoo train records it; the weights fix it
     kind = "lora" if transforms else "full"
     for k, v in {**FINETUNE_DEFAULTS[kind], **FINETUNE_RECIPE}.items():
         if getattr(cfg, k, None) is None:
             setattr(cfg, k, v)
-    trainer = Trainer(name, cfg, log=log)
+    trainer = Trainer(spec, tok, cfg, reg=reg, log=log)
     try:
         missing, unexpected = trainer.model.load_state_dict(base_sd, strict=False)
     except RuntimeError as e:
@@ -136,7 +131,7 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
                        f"{[k for k in missing if k not in added][:3]}, unexpected {unexpected[:3]}.")
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    trainer.log(f"fine-tuning {spec['name']} from {run}: {kind}, {n_train:,} of {trainer.n_params:,} parameters "
+    trainer.log(f"fine-tuning {base_name} from {run}: {kind}, {n_train:,} of {trainer.n_params:,} parameters "
                 f"trainable" + ("".join(f"; {t['name']} {json.dumps(t['params'])}" for t in trainer.spec["transforms"])
                                 if transforms else ""))
     result = trainer.fit(Progress(trainer.dist.main, trainer.cfg.max_iters, trainer.cfg.log_interval))
@@ -150,18 +145,12 @@ def finetune(run, cfg, lora: dict | None = None, name: str | None = None, block_
     return result
 
 
-def _tokenizer_file(run, ckpt) -> str:
-    """A file holding the base run's tokenizer config, which the trainer loads like any tokenizer
-    file: the run's tokenizer.json when it matches the checkpoint, else a copy beside the checkpoint."""
-    d = resolve_checkpoint_path(run).parent
-    f = d / "tokenizer.json"
+def _tokenizer(run, ckpt):
+    """The base run's tokenizer: the checkpoint's, else the tokenizer.json beside it."""
     cfg = ckpt.get("tokenizer")
-    if f.is_file() and (cfg is None or json.loads(f.read_text(encoding="utf-8")) == cfg):
-        return str(f)
     if cfg is None:
-        raise ZooError(f"{str(run)!r} has no tokenizer (none in the checkpoint, no tokenizer.json beside it).")
-    import tempfile
-    fd, path = tempfile.mkstemp(prefix="zoo-finetune-tokenizer-", suffix=".json")
-    with open(fd, "w", encoding="utf-8") as fh:
-        json.dump(cfg, fh)
-    return path
+        f = resolve_checkpoint_path(run).parent / "tokenizer.json"
+        if not f.is_file():
+            raise ZooError(f"{str(run)!r} has no tokenizer (none in the checkpoint, no tokenizer.json beside it).")
+        return load_config(f)
+    return from_config(cfg)

@@ -47,8 +47,8 @@ from ..perf.memory import check_training_memory
 from ..perf.peaks import datasheet_peak
 from ..plugin.protocols import stats_of
 from ..spec.catalog import get_registry
-from ..spec.manifest import resolve_entry
-from ..spec.resolve import resolve_spec
+from ..spec.manifest import DIM_KEYS
+from ..spec.resolve import validate_spec
 from ..tokenizers import from_config, get_tokenizer
 from ..version import __version__
 from .config import TrainConfig, recipe_of, resumed_config
@@ -113,45 +113,67 @@ def sample_text(model, tokenizer, prompt, max_new_tokens, seed=0):
 
 # ---- data ------------------------------------------------------------------------------------
 
-def load_data(cfg: TrainConfig, tokenizer_cfg: dict | None = None):
-    """-> (tokenizer, train arrays, val arrays, description)."""
+def load_data(cfg: TrainConfig, tok, check_tokenizer: bool = True):
+    """-> (train arrays, val arrays, description): the data of ``cfg`` encoded with ``tok``. Token
+    shards must have been encoded with ``tok`` (``check_tokenizer``; a resumed run skips it, its
+    data is checked by its sha256)."""
     import numpy as np
     path = D.find_dataset(cfg.dataset, cfg.data)
     if path.is_dir():
         meta = D.load_meta(path)
-        tok = from_config(tokenizer_cfg or meta["tokenizer"])
-        if cfg.tokenizer and not tokenizer_cfg:
-            want = get_tokenizer(cfg.tokenizer, corpus="") if cfg.tokenizer != "char" else None
-            if want is None or want.config() != meta["tokenizer"]:
-                raise ZooError(f"the shards in {str(path)!r} were encoded with {meta['tokenizer'].get('type')} "
-                               f"tokens, not {cfg.tokenizer!r}; drop --tokenizer or prepare the shards again.")
+        if check_tokenizer and from_config(meta["tokenizer"]).config() != tok.config():
+            raise ZooError(f"the shards in {str(path)!r} were encoded with {meta['tokenizer'].get('type')} tokens, "
+                           f"not with this run's {tok.config().get('type')} tokenizer; prepare the shards again "
+                           f"with it (zoo data prepare --tokenizer), or train with the shards' own tokenizer.")
         train, val = D.open_shards(path, "train", tok.vocab_size), D.open_shards(path, "val", tok.vocab_size)
         if not val:
             raise ZooError(f"the shards in {str(path)!r} have no validation split; prepare them with a "
                            f"validation share (--val-fraction or --val-tokens).")
-        return tok, train, val, f"{sum(len(a) for a in train):,} train tokens in shards at {path}"
+        return train, val, f"{sum(len(a) for a in train):,} train tokens in shards at {path}"
     text = D.read_text(path)
-    tok = from_config(tokenizer_cfg) if tokenizer_cfg else get_tokenizer(cfg.tokenizer or "char", corpus=text)
     tr, va = D.split_text(text)
     dt = D.token_dtype(tok.vocab_size)
     train, val = np.array(tok.encode(tr), dtype=dt), np.array(tok.encode(va), dtype=dt)
-    return tok, [train], [val], f"{len(train):,} train and {len(val):,} val tokens from {path}"
+    return [train], [val], f"{len(train):,} train and {len(val):,} val tokens from {path}"
+
+
+def data_tokenizer(cfg: TrainConfig):
+    """The tokenizer a new run on ``cfg``'s data uses: the shards' own (``--tokenizer`` must agree
+    with it), else ``cfg.tokenizer`` (char by default, its vocabulary from the text)."""
+    path = D.find_dataset(cfg.dataset, cfg.data)
+    if path.is_dir():
+        meta = D.load_meta(path)
+        if cfg.tokenizer:
+            want = get_tokenizer(cfg.tokenizer, corpus="") if cfg.tokenizer != "char" else None
+            if want is None or want.config() != meta["tokenizer"]:
+                raise ZooError(f"the shards in {str(path)!r} were encoded with {meta['tokenizer'].get('type')} "
+                               f"tokens, not {cfg.tokenizer!r}; drop --tokenizer or prepare the shards again.")
+        return from_config(meta["tokenizer"])
+    return get_tokenizer(cfg.tokenizer or "char", corpus=D.read_text(path))
 
 
 # ---- the trainer -------------------------------------------------------------------------------
 
 class Trainer:
-    def __init__(self, name: str | None, cfg: TrainConfig, resume: str | None = None, dist: Dist | None = None,
-                 log=None):
+    """Trains the model of a resolved spec on ``cfg``'s data with a tokenizer object; names are not
+    looked up here (see :func:`zoo.train.start.trainer_for`, which resolves a model name once).
+
+    ``spec``: a resolved spec (``zoo.resolve(...)``, or a checkpoint's), validated again here;
+    ``tokenizer``: what encodes the data (its config is saved with the run); ``reg``: the registry
+    whose components build the model (default: the loaded one). ``resume=RUN_DIR`` instead takes
+    the spec, the tokenizer and the configuration from the run's checkpoint."""
+
+    def __init__(self, spec: dict | None, tokenizer, cfg: TrainConfig, *, reg=None, resume: str | None = None,
+                 dist: Dist | None = None, log=None):
         self.dist = dist or Dist(cfg.device)
         self.log = log or Progress(self.dist.main, 1, cfg.log_interval).line
+        self.reg = reg or get_registry()
         self.ckpt, self.lock = None, None
         try:
-            self._setup(name, cfg, resume)
+            self._setup(spec, tokenizer, cfg, resume)
         except BaseException:
             self.close()
             raise
-
     def close(self):
         """Release the run directory (its lock); the trainer's work is over."""
         if self.lock is not None:
@@ -192,47 +214,42 @@ class Trainer:
                            f"run on this one.")
         return path
 
-    def _setup(self, name, cfg: TrainConfig, resume):
+    def _setup(self, spec, tok, cfg: TrainConfig, resume):
         import torch
         given_data = cfg.data is not None
+        reg = self.reg
         if resume:
+            if spec is not None or tok is not None:
+                raise ZooError("a resumed run takes its spec and tokenizer from its checkpoint; give only the "
+                               "run directory (resume=RUN_DIR), not a spec or a tokenizer.")
             cfg = self._resume(resume, cfg)
-            name = self.ckpt["spec"]["name"]
+            spec, tok = self.ckpt["spec"], from_config(self.ckpt["tokenizer"])
         else:  # both become directories: OUT/<name>/<run-id>
-            check_name(name, "model name")
+            if not isinstance(spec, dict) or tok is None:
+                raise ZooError("the Trainer takes a resolved spec (a dict, e.g. zoo.resolve(NAME, PRESET)) and a "
+                               "tokenizer object, or resume=RUN_DIR; zoo.train.train(NAME, cfg) resolves a model "
+                               "name for you.")
+            check_name(spec.get("name"), "model name")
             if cfg.run_id is not None:
                 check_name(cfg.run_id, "run id (--run-id)")
             if cfg.data:
                 cfg.data = str(Path(cfg.data).expanduser().resolve())  # a resume from elsewhere finds it
-        self.cfg, self.name = cfg, name
-        preset = cfg.preset
-        if preset is None:
-            preset = "baby" if self.dist.device.type == "cpu" else "char"
-            self.log(f"no --preset given: using {preset!r} ({'nanoGPT baby recipe, minutes on a CPU' if preset == 'baby' else 'nanoGPT shakespeare_char recipe on a GPU'})")
-            cfg.preset = preset
-        reg = get_registry()
-        cfg.fill(recipe_of(reg, preset))  # the preset's training recipe fills what the user left unset
-        if not self.ckpt:
-            resolve_spec(reg, name, preset, cfg.overrides)  # an unknown model or override fails before the data is read
+            spec = validate_spec(reg, spec, f"model {spec['name']!r}")  # a spec written by hand, too
+            if cfg.preset is None:
+                cfg.preset = spec.get("preset")
+        self.cfg, self.name, self.tok = cfg, spec["name"], tok
+        cfg.fill(recipe_of(reg, cfg.preset))  # the preset's training recipe fills what the user left unset
+        if spec["vocab_size"] < tok.vocab_size:
+            raise ZooError(f"vocab_size={spec['vocab_size']} is smaller than the tokenizer's "
+                           f"{tok.vocab_size} tokens; drop the vocab_size override or raise it.")
 
-        # data and tokenizer before anything is written
+        # data before anything is written
         self.data_path = self._data_path(cfg, given_data)
-        self.tok, train_arrays, val_arrays, what = load_data(cfg, self.ckpt["tokenizer"] if self.ckpt else None)
+        train_arrays, val_arrays, what = load_data(cfg, tok, check_tokenizer=not self.ckpt)
         self.sample_prompt = usable_prompt(self.tok, cfg.sample_prompt)
         if self.sample_prompt != cfg.sample_prompt and cfg.sample_tokens:
             self.log(f"note: the sample prompt {cfg.sample_prompt!r} is not in the tokenizer's vocabulary; text "
                      f"samples start from {self.sample_prompt!r}")
-        if self.ckpt:
-            spec = self.ckpt["spec"]
-        else:
-            ov = dict(cfg.overrides)
-            if "vocab_size" not in ov:
-                v = self.tok.vocab_size
-                ov["vocab_size"] = v if v <= 256 else (v + 63) // 64 * 64  # padded for fast matmuls
-            spec = resolve_spec(reg, name, preset, ov)
-            if spec["vocab_size"] < self.tok.vocab_size:
-                raise ZooError(f"vocab_size={spec['vocab_size']} is smaller than the tokenizer's "
-                               f"{self.tok.vocab_size} tokens; drop the vocab_size override or raise it.")
         self.spec = spec
         T = spec["block_size"]
         self.carried = carried_layers(spec, reg)  # layers whose mixer carries state across windows
@@ -251,7 +268,7 @@ class Trainer:
             out = Path(cfg.out)
             if self.dist.main:
                 check_writable(out)
-                parent = out / name
+                parent = out / self.name
                 run_id = cfg.run_id if cfg.run_id is not None else new_run_id(parent)
                 if cfg.run_id is not None and (parent / run_id).exists():
                     if not never_checkpointed(parent / run_id):
@@ -264,7 +281,7 @@ class Trainer:
             else:
                 run_id = None
             run_id = self.dist.broadcast(run_id)
-            self.run_dir = out / name / run_id
+            self.run_dir = out / self.name / run_id
 
         # model
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -368,7 +385,7 @@ class Trainer:
         if self.dist.main:
             payload = {
                 "model": model_state, "optimizer": opt_state, "spec": self.spec, "tokenizer": self.tok.config(),
-                "plugins": plugins_of(self.spec), "step": self.step, "train": dataclasses.asdict(self.cfg),
+                "plugins": plugins_of(self.spec, self.reg), "step": self.step, "train": dataclasses.asdict(self.cfg),
                 "sampler": self.sampler.state(), "carried_state": carried, "rng": {"torch": [s[0] for s in states], "cuda": [s[1] for s in states]},
                 "best_val": self.best_val, "evals_since_best": self.evals_since_best, "elapsed": self.elapsed,
                 "world_size": self.dist.world, "zoo_version": __version__,
@@ -441,11 +458,11 @@ class Trainer:
         from torch.utils.tensorboard.summary import hparams
         write_json(self.run_dir / "spec.json", self.spec)
         write_json(self.run_dir / "tokenizer.json", self.tok.config(), indent=None)
-        entry = resolve_entry(get_registry(), self.spec["name"])
+        entry = {k: v for k, v in self.spec.items() if k not in ("name", "preset") + DIM_KEYS}  # as a manifest holds it
         hp = _flatten(self.spec, "spec.")
         hp.update(_flatten({k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "overrides"}, "train."))
         hp["manifest_hash"] = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
-        hp.update({f"plugin.{d}": v for d, v in plugins_of(self.spec).items()})
+        hp.update({f"plugin.{d}": v for d, v in plugins_of(self.spec, self.reg).items()})
         hp["params"] = self.n_params
         hp["world_size"] = self.dist.world
         exp, ssi, sei = hparams(hp, {"val/loss": float("nan"), "val/best_loss": float("nan")})
@@ -608,12 +625,3 @@ class Trainer:
                       f"checkpoint {self.run_dir / 'ckpt.pt'}")
         return result
 
-
-def train(name: str | None = None, cfg: TrainConfig | None = None, resume: str | None = None, dist=None, log=None,
-          progress=None) -> dict:
-    """Train one model (or resume a run) and return a summary with the loss history."""
-    cfg = cfg or TrainConfig()
-    t = Trainer(name, cfg, resume=resume, dist=dist, log=log)
-    if progress is None:
-        progress = Progress(t.dist.main, t.cfg.max_iters, t.cfg.log_interval)
-    return t.fit(progress)

@@ -116,9 +116,12 @@ def _grouped(x, w, offs):
 class MoE(nn.Module):
     def __init__(self, dims, n_experts=8, top_k=2, n_shared=0, expert=None, expert_hidden_mult=None,
                  score="softmax", norm_topk=True, balance="aux_loss", aux_loss_coef=0.01,
-                 bias_update_rate=0.001, capacity_factor=None, dispatch="auto"):
+                 bias_update_rate=0.001, capacity_factor=None, dispatch="auto", parts=None):
         super().__init__()
         expert = expert or {"name": "swiglu", "params": {}}
+        if parts is None:  # built by hand, not by a model: the parts from the loaded registry
+            from zoo.components import parts_for
+            parts = parts_for(MoE, {"expert": expert, "n_shared": n_shared})
         self.n_experts, self.top_k, self.score = n_experts, top_k, score
         self.norm_topk, self.balance, self.aux_loss_coef = norm_topk, balance, aux_loss_coef
         self.bias_update_rate, self.capacity_factor, self.dispatch = bias_update_rate, capacity_factor, dispatch
@@ -139,17 +142,15 @@ class MoE(nn.Module):
             # stacked Linear weights, (E, ...): a transform that adapts Linear layers refuses them by name
             self.zoo_stacked = tuple(n for n in ("w_in", "w_out", "b_in", "b_out") if getattr(self, n) is not None)
         else:  # experts are instances of another FFN plugin
-            import zoo
             from zoo.spec.resolve import fill_defaults
-            comp = zoo.get_registry().get("ffn", self.form)
+            comp = parts[("ffn", self.form)]
             params = fill_defaults(comp.params_schema, expert.get("params", {}))
             self.experts = nn.ModuleList(comp.cls(dims, **params) for _ in range(n_experts))
             self.hidden, self.b_in, self.b_out = None, None, None
         self.shared = None
         if n_shared:
-            from zoo_plugins.ffn.swiglu import SwiGLU
             hidden = self.hidden if self.form in STACKED else None
-            self.shared = SwiGLU(dims, hidden=n_shared * hidden if hidden else None)
+            self.shared = parts[("ffn", "swiglu")].cls(dims, hidden=n_shared * hidden if hidden else None)
         self.drop = nn.Dropout(dims.dropout)
         self.aux_loss = None
         self._stats = None
@@ -190,27 +191,36 @@ class MoE(nn.Module):
         return {"expert_hidden": hidden, "shared_hidden": shared}
 
     @classmethod
-    def validate_spec(cls, dims, params):
+    def composes(cls, params):
+        """The ffn plugins a MoE is made of (zoo.plugin.protocols.Composite): its experts' and, with
+        shared experts, swiglu."""
+        expert = params.get("expert") or {"name": "swiglu"}
+        return [("ffn", expert["name"])] + ([("ffn", "swiglu")] if params.get("n_shared") else [])
+
+    @classmethod
+    def validate_spec(cls, dims, params, parts=None):
         out = []
         if params.get("top_k", 2) > params.get("n_experts", 8):
             out.append(f"top_k={params.get('top_k')} is more than n_experts={params.get('n_experts')}; "
                        f"lower top_k or add experts")
         expert = params.get("expert") or {"name": "swiglu"}
-        import zoo
         from jsonschema import Draft202012Validator
         from jsonschema.exceptions import best_match
-        reg = zoo.get_registry()
-        if expert["name"] not in reg.components["ffn"] or expert["name"] == "moe":
-            known = sorted(n for n in reg.components["ffn"] if n != "moe")
+        if parts is None:
+            from zoo.components import parts_for
+            parts = parts_for(cls, params)
+        comp = parts.get(("ffn", expert["name"]))
+        if comp is None or expert["name"] == "moe":
             out.append(f"expert.name {expert['name']!r} is not an ffn plugin experts can be made of; "
-                       f"use one of {known}")
+                       f"use a registered ffn plugin other than moe (`zoo plugins` lists them)")
         else:  # the experts' params against their plugin's own schema
-            err = best_match(Draft202012Validator(reg.get("ffn", expert["name"]).params_schema)
-                             .iter_errors(expert.get("params", {})))
+            err = best_match(Draft202012Validator(comp.params_schema).iter_errors(expert.get("params", {})))
             if err is not None:
                 where = ".".join(["expert.params"] + [str(p) for p in err.absolute_path])
                 out.append(f"{where}: {err.message}; see the params of ffn {expert['name']!r} in "
                            f"`zoo plugins --json`")
+        if params.get("n_shared") and ("ffn", "swiglu") not in parts:
+            out.append("shared experts are swiglu, and no ffn plugin 'swiglu' is registered; set n_shared to 0")
         return out
 
     # ---- routing -------------------------------------------------------------------------------
