@@ -373,7 +373,7 @@ def test_a_component_of_the_same_name_from_another_distribution_is_refused(layer
     saved = torch.load(ckpt, weights_only=True)
     assert {"kind": "ffn", "name": "relu2", "dist": "zoo-relu2", "version": "0"} in saved["providers"]
     assert {(p["kind"], p["name"]) for p in saved["providers"]} == {("attention", "mha"), ("posenc", "learned"),
-                                                                     ("ffn", "relu2")} | ({("ffn", "mlp")} if layers else set())
+                                                                     ("ffn", "relu2"), ("head", "next_token")} | ({("ffn", "mlp")} if layers else set())
     assert saved["plugins"] == {"zoo": zoo.__version__, "zoo-relu2": "0"}
     before = snapshot(tmp_path)
     code, _, _ = run(capsys, "generate", ckpt, "--prompt", "\n", "--max-new-tokens", "2")
@@ -450,7 +450,7 @@ def test_lora_merge_and_hf_import_record_providers(tmp_path, capsys, fresh_regis
     for out in ("merged", "imported"):
         saved = torch.load(tmp_path / out / "ckpt.pt", weights_only=True)
         assert saved["providers"] == [{"kind": k, "name": n, "dist": "zoo", "version": zoo.__version__}
-                                      for k, n in (("attention", "mha"), ("posenc", "learned"), ("ffn", "mlp"))]
+                                      for k, n in (("attention", "mha"), ("posenc", "learned"), ("ffn", "mlp"), ("head", "next_token"))]
 
 
 def test_a_malformed_providers_entry_is_refused(tmp_path, fresh_registry):

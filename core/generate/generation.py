@@ -32,7 +32,7 @@ min-p (Nguyen et al. 2024, arXiv:2407.01082), then a draw from a ``torch.Generat
 from __future__ import annotations
 
 from ..errors import ZooError
-from ..plugin.protocols import max_positions_of
+from ..plugin.protocols import max_positions_of, offers_cache
 from .sampling import SamplingParams, next_token_probs
 
 
@@ -53,7 +53,7 @@ def context_window(model):
 
 def supports_cache(model) -> bool:
     """Whether every layer's attention offers a cache (``new_cache``); if not, generation recomputes."""
-    return all(callable(getattr(b.attn, "new_cache", None)) for b in model.blocks)
+    return all(offers_cache(b.attn) for b in model.blocks)
 
 
 def check_memory(model, batch: int, longest_prompt: int, max_new_tokens: int, use_cache=True, compile=False):

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..errors import ZooError
 from ..plugin.contract import Dims
-from ..plugin.protocols import cache_size, rewind_of
+from ..plugin.protocols import cache_nbytes, cache_size, reset_cache, rewind_of
 from ..spec.resolve import dims_of, layer_components
 
 
@@ -119,8 +119,7 @@ class ModelCache:
     def reset(self):
         """Forget every cached position, keeping the preallocated buffers (reuse for a new prompt)."""
         for layer in self.layers:
-            if hasattr(layer, "reset"):
-                layer.reset()
+            reset_cache(layer)
         self._length = 0
 
     def rewind_modes(self) -> list:
@@ -175,7 +174,7 @@ class ModelCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by every layer's cache."""
-        return sum(int(layer.nbytes) for layer in self.layers if hasattr(layer, "nbytes"))
+        return sum(cache_nbytes(layer) for layer in self.layers)
 
 
 def cache_bytes(spec: dict, reg, dtype_bytes: int = 2):

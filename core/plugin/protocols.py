@@ -403,3 +403,21 @@ def sizes_of(cls, dims, params) -> dict:
 def trainable_of(transform, name: str):
     """What a transform says about parameter ``name``: True, False or None (no opinion)."""
     return transform.trainable(name) if isinstance(transform, SelectsTrainable) else None
+
+
+def reset_cache(cache) -> None:
+    """Empty a layer's cache (:class:`MixerCache`); a cache of plugin API 1.0 without ``reset`` is left as is."""
+    fn = getattr(cache, "reset", None)
+    if callable(fn):
+        fn()
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes a layer's cache holds (:class:`MixerCache`), 0 if it does not say (plugin API 1.0)."""
+    return int(getattr(cache, "nbytes", 0) or 0)
+
+
+def offers_cache(mixer) -> bool:
+    """Whether a mixer makes its own cache (:class:`TokenMixer`'s ``new_cache``); else generation recomputes."""
+    return callable(getattr(mixer, "new_cache", None))
+
