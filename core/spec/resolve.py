@@ -92,7 +92,8 @@ def with_defaults(spec: dict) -> dict:
     ``{"name": "none", "params": {}}`` (in the model and in each ``layers`` override)."""
     if isinstance(spec, dict):
         spec.setdefault("head", copy.deepcopy(DEFAULT_HEAD))
-        for node in [spec, *(o for o in spec.get("layers", None) or [] if isinstance(o, dict))]:
+        layers = spec.get("layers")
+        for node in [spec, *(o for o in (layers if isinstance(layers, list) else []) if isinstance(o, dict))]:
             if node.get("ffn") == NO_FFN:
                 node["ffn"] = {"name": NO_FFN, "params": {}}
     return spec
