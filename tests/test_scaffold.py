@@ -13,7 +13,8 @@ import pytest
 
 from zoo.cli import main
 
-KINDS = ("attention", "posenc", "ffn")  # the component kinds; "command" is tested on its own
+KINDS = ("attention", "posenc", "ffn", "head", "transform")  # the component kinds; "command" is tested on its own
+SHAPES = {"transform": "# x: (..., in) -> (..., out)"}  # a shape comment each module has (default (B, T, C))
 
 
 def new_plugin(cwd, *args):
@@ -104,11 +105,34 @@ def test_layout_and_contents(generated):
         tree = ast.parse(src)
         assert "arXiv:" in ast.get_docstring(tree)
         assert src.count("@hookimpl") == 1 and f"def register_{kind}(register):" in src
-        assert "# (B, T, C)" in src or "# x: (B, T, C)" in src
+        assert SHAPES.get(kind, "# (B, T, C)") in src or "# x: (B, T, C)" in src
         assert "{{" not in src
 
 
-PACKAGES = {"zoo-my-attention", "zoo-my-posenc", "zoo-my-ffn", "zoo-my-hello", "acme.zoo-bits"}
+def test_a_head_and_a_transform_package(generated):
+    """The named model extends gpt2 with the head in its "head" slot, the transform in "transforms"."""
+    head, transform = generated / "zoo-my-head", generated / "zoo-my-transform"
+    models = (head / "src/zoo_my_head/models.py").read_text()
+    assert '"extends": "gpt2"' in models and '"head": {"name": "my-head"}' in models
+    models = (transform / "src/zoo_my_transform/models.py").read_text()
+    assert '"extends": "gpt2"' in models and '"transforms": [{"name": "my-transform"}]' in models
+    assert 'head-my-head = "zoo_my_head.my_head"' in (head / "pyproject.toml").read_text()
+    assert 'transform-my-transform = "zoo_my_transform.my_transform"' in (transform / "pyproject.toml").read_text()
+    src = (head / "src/zoo_my_head/my_head.py").read_text()
+    assert "class MyHead(nn.Module):" in src and "def forward(self, h, targets, model):" in src
+    src = (transform / "src/zoo_my_transform/my_transform.py").read_text()
+    assert "class MyTransform:" in src and "class MyTransformLinear(nn.Linear):" in src
+    assert "def effective_weight(self):" in src and "def merge(self, state_dict):" in src
+    test = (head / "tests/test_my_head.py").read_text()
+    assert 'assert spec["head"]["name"] == "my-head"' in test
+    test = (transform / "tests/test_my_transform.py").read_text()
+    assert 'assert [t["name"] for t in spec["transforms"]] == ["my-transform"]' in test
+
+
+PACKAGES = {"zoo-my-attention", "zoo-my-posenc", "zoo-my-ffn", "zoo-my-head", "zoo-my-transform", "zoo-my-hello",
+            "acme.zoo-bits"}
+# the fewest tests each package's run has: the kit's checks for its kind, and the package's own 3
+MIN_TESTS = {"zoo-my-hello": 3, "zoo-my-head": 8, "zoo-my-transform": 5}
 
 
 def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, generated):
@@ -134,7 +158,7 @@ def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, genera
             assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
             assert "passed" in p.stdout and "failed" not in p.stdout and "xfail" not in p.stdout
             n = int(p.stdout.strip().splitlines()[-1].split()[0])
-            assert n >= (3 if dist == "zoo-my-hello" else 10), p.stdout  # the kit's checks and the package's tests
+            assert n >= MIN_TESTS.get(dist, 10), p.stdout  # the kit's checks and the package's tests
     finally:
         for dist in sorted(PACKAGES):
             plugin_venv.pip_uninstall(dist)
@@ -147,6 +171,8 @@ def test_installed_it_is_discovered_and_passes_its_own_tests(plugin_venv, genera
     (["Bad!", "--kind", "ffn"], "invalid plugin name 'Bad!'"),
     (["mlp", "--kind", "ffn"], "the ffn name 'mlp' is already registered by zoo"),
     (["rope", "--kind", "posenc"], "the posenc name 'rope' is already registered by zoo"),
+    (["next_token", "--kind", "head"], "the head name 'next_token' is already registered by zoo"),
+    (["lora", "--kind", "transform"], "the transform name 'lora' is already registered by zoo"),
     (["models", "--kind", "ffn"], "the plugin name 'models' is taken"),
     (["mine", "--kind", "ffn", "--model", "gpt2"], "the named model 'gpt2' the package would add is already"),
     (["mine", "--kind", "ffn", "--model", "Bad Model"], "invalid model name 'Bad Model'"),

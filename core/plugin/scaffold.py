@@ -5,7 +5,7 @@ NAME is the component's name (or, for ``--kind command``, the command's). The di
 ``zoo_my_stuff``); the component's module is named after NAME. A component package registers the
 component through the plugin API (entry points of the group ``zoo``, one hookimpl), declares the API
 version it was written for (``ZOO_API``), adds a named model ``--model`` (default ``gpt2-NAME``) that
-uses it, and has a test that runs the conformance kit on it with
+extends gpt2 and uses it (in the slot of its kind; a transform in the list ``transforms``), and has a test that runs the conformance kit on it with
 ``zoo.testing.parametrize_with_checks``, and a GitHub Actions workflow that runs it (the kit in the
 package's CI). A command package registers ``zoo NAME`` (hook ``register_commands``) and tests it
 in-process. Either passes its own tests as generated: it starts as a standard one of its kind, for
@@ -25,10 +25,13 @@ from .registry import BUILTIN_COMMANDS
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 DIST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*")
 MODEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-CLASS_SUFFIX = {"attention": "Attention", "posenc": "PosEnc", "ffn": "FFN", "command": ""}
+CLASS_SUFFIX = {"attention": "Attention", "posenc": "PosEnc", "ffn": "FFN", "head": "Head", "transform": "",
+                "command": ""}
 STARTING_POINT = {"attention": "causal multi-head attention with a KV cache",
                   "posenc": "the sinusoidal absolute encoding",
                   "ffn": "the GELU MLP",
+                  "head": "next-token prediction with a learned logit scale",
+                  "transform": "a learned gain per output feature on the declared Linear layers",
                   "command": "a command that prints a line"}
 TEMPLATE_KINDS = tuple(STARTING_POINT)  # the kinds `zoo new-plugin --kind` writes a package for
 
@@ -71,10 +74,15 @@ def names_for(name: str, kind: str, package: str | None = None, model: str | Non
     entry_points = f'{kind}-{name} = "{import_name}.{module}"'
     if model is not None:
         entry_points += f'\nmodels = "{import_name}.models"'
+    # how the named model uses the component: a slot of its own, or (a transform) the list of transforms
+    model_use = (f'"transforms": [{{"name": "{name}"}}]' if kind == "transform"
+                 else f'"{kind}": {{"name": "{name}"}}')
+    spec_uses = (f'[t["name"] for t in spec["transforms"]] == ["{name}"]' if kind == "transform"
+                 else f'spec["{kind}"]["name"] == "{name}"')
     what = (f"the command `zoo {name}`" if kind == "command"
             else f"the {kind} '{name}' for the zoo, and the named model '{model}'")
     return {"name": name, "kind": kind, "dist": dist, "package": import_name, "module": module, "cls": cls,
-            "model": model or "", "api": PLUGIN_API_VERSION, "zoo_version": __version__,
+            "model": model or "", "model_use": model_use, "spec_uses": spec_uses, "api": PLUGIN_API_VERSION, "zoo_version": __version__,
             "starting_point": STARTING_POINT[kind], "entry_points": entry_points, "what": what}
 
 
