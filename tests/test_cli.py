@@ -38,6 +38,7 @@ def test_show_reports_params_and_kv_cache(capsys):
     assert info["kv_cache_bytes_per_token"]["fp32"] == 2 * 12 * 2 * 64 * 4
     code, out, _ = run(capsys, "show", "gpt2", "--preset", "tiny", "--set", "n_layers=3")
     assert code == 0 and "n_layers     3" in out and "bytes/token" in out
+    assert "plus a fixed 0 bytes per sequence in bf16" in out  # both figures, also for keys and values only
 
 
 def test_plugins_lists_kind_name_distribution_version_tags(capsys):

@@ -84,9 +84,8 @@ def cmd_show(args):
         total = kv["bf16"] * spec["block_size"] + fixed["bf16"]
         print(f"  {'cache':<12} {kv['bf16']:,} bytes/token in bf16, {kv['fp32']:,} in fp32 "
               f"({total / 2**20:.2f} MiB per sequence of {spec['block_size']} in bf16)")
-        if fixed["bf16"]:
-            print(f"  {'':<12} plus a fixed {fixed['bf16']:,} bytes per sequence in bf16, {fixed['fp32']:,} in fp32 "
-                  f"(a state whose size does not grow with the sequence)")
+        print(f"  {'':<12} plus a fixed {fixed['bf16']:,} bytes per sequence in bf16, {fixed['fp32']:,} in fp32 "
+              + ("(a state whose size does not grow with the sequence)" if fixed["bf16"] else "(no fixed-size state)"))
     window = spec["attention"]["params"].get("window")
     if kv["bf16"] is not None and window and window < spec["block_size"]:
         print(f"  {'':<12} sliding window {window}: the cache holds at most {window} positions "
