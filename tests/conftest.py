@@ -81,6 +81,13 @@ class PluginVenv:
     def zoo(self, *args, **kw):
         return self.run("-m", "zoo", *args, **kw)
 
+    def plugins(self):
+        """(``zoo plugins --json`` parsed, its stderr)."""
+        import json
+        p = self.zoo("plugins", "--json")
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout), p.stderr
+
     def pip_install(self, src: Path):
         """``pip install`` a package folder (from a copy: pip builds in the source tree)."""
         import shutil
@@ -101,3 +108,16 @@ def plugin_venv(tmp_path_factory):
     """One venv per test session for the tests that pip-install plugin packages; each test module
     uninstalls what it installed."""
     return PluginVenv(tmp_path_factory.mktemp("plugin-venv") / "venv")
+
+
+@pytest.fixture
+def with_plugins(monkeypatch, fresh_registry):
+    """``with_plugins(*(module, dist))``: make the CLI's registry the entry points plus these plugins."""
+    import zoo
+    from zoo.spec import catalog
+
+    def use(*extra):
+        monkeypatch.setattr(catalog, "load_registry", lambda: catalog.discover(
+            extra, check_model=catalog.check_registered))
+        zoo.configure([])
+    return use

@@ -45,16 +45,6 @@ def _noop_args(parser):
     pass
 
 
-@pytest.fixture
-def with_plugins(monkeypatch, fresh_registry):
-    """Make the CLI's registry the entry points plus the given (module, dist) pairs."""
-    def use(*extra):
-        monkeypatch.setattr(catalog, "load_registry", lambda: catalog.discover(
-            extra, check_model=catalog.check_registered))
-        zoo.configure([])
-    return use
-
-
 def cli(capsys, *argv):
     try:
         code = main(list(argv))

@@ -18,15 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "zoo-relu2"
 
 
-def _plugins(venv):
-    p = venv.zoo("plugins", "--json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout), p.stderr
-
-
 @pytest.fixture(scope="module")
 def installed(plugin_venv):
-    before, _ = _plugins(plugin_venv)
+    before, _ = plugin_venv.plugins()
     if any(c["name"] == "relu2" for c in before["components"]):
         pytest.skip("zoo-relu2 is already installed beside this interpreter's zoo; these tests install and "
                     "uninstall it themselves, so run them where it is not installed")
@@ -36,7 +30,7 @@ def installed(plugin_venv):
 
 
 def test_zoo_plugins_lists_it_with_its_distribution(plugin_venv, installed):
-    data, err = _plugins(plugin_venv)
+    data, err = plugin_venv.plugins()
     assert data["problems"] == [] and "warning" not in err
     (relu2,) = [c for c in data["components"] if c["name"] == "relu2"]
     assert (relu2["kind"], relu2["dist"], relu2["version"]) == ("ffn", "zoo-relu2", "0.1.0")
@@ -112,7 +106,7 @@ def test_zoo_generate_samples_from_it(plugin_venv, run_dir):
 def test_uninstall_removes_it_and_its_checkpoint_says_what_to_install(plugin_venv, installed, run_dir):
     plugin_venv.pip_uninstall("zoo-relu2")
 
-    data, err = _plugins(plugin_venv)
+    data, err = plugin_venv.plugins()
     assert "relu2" not in {c["name"] for c in data["components"]} and "gpt2-relu2" not in data["models"]
     assert data["problems"] == [] and "warning" not in err
     p = plugin_venv.zoo("list", "--preset", "tiny")  # the zoo still works

@@ -36,15 +36,6 @@ def _mapping_module(module_name, **kw):
     return m
 
 
-@pytest.fixture
-def with_plugins(monkeypatch, fresh_registry):
-    def use(*extra):
-        monkeypatch.setattr(catalog, "load_registry", lambda: catalog.discover(
-            extra, check_model=catalog.check_registered))
-        zoo.configure([])
-    return use
-
-
 def test_a_package_adds_a_mapping_that_imports_and_round_trips(with_plugins):
     gpt2 = catalog.load_registry().hf_archs["gpt2"]
     seen = []

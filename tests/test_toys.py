@@ -20,15 +20,9 @@ TEXT = "".join(f"{i} the quick brown fox jumps over the lazy dog; ROMEO: what li
 COMPONENTS = {("attention", "ema"), ("transform", "scale"), ("head", "smooth_next_token")}
 
 
-def _plugins(venv):
-    p = venv.zoo("plugins", "--json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout), p.stderr
-
-
 @pytest.fixture(scope="module")
 def installed(plugin_venv):
-    before, _ = _plugins(plugin_venv)
+    before, _ = plugin_venv.plugins()
     if any(c["name"] == "ema" for c in before["components"]):
         pytest.skip("zoo-toys is already installed beside this interpreter's zoo; these tests install and "
                     "uninstall it themselves, so run them where it is not installed")
@@ -38,7 +32,7 @@ def installed(plugin_venv):
 
 
 def test_zoo_plugins_lists_every_toy_with_its_distribution(plugin_venv, installed):
-    data, err = _plugins(plugin_venv)
+    data, err = plugin_venv.plugins()
     assert data["problems"] == [] and "warning" not in err, (data["problems"], err)
     found = {(c["kind"], c["name"]): c for c in data["components"]}
     for key in COMPONENTS:
