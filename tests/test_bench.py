@@ -33,6 +33,36 @@ def test_every_model_has_every_figure(result):
     assert result["peak_flops_measured"] > 0 and result["peak_flops_datasheet"] is None
 
 
+def test_every_model_is_compared_with_gpt2_of_the_same_run(result):
+    by = {r["model"]: r for r in result["models"]}
+    assert result["reference_model"] == "gpt2" and result["reference"] is None  # gpt2 was among the names
+    for r in result["models"]:
+        v = r["vs_gpt2"]
+        assert v["train"] == pytest.approx(r["train_tokens_per_sec"] / by["gpt2"]["train_tokens_per_sec"])
+        assert v["decode_b2"] == pytest.approx(r["decode_tokens_per_sec_b2"] / by["gpt2"]["decode_tokens_per_sec_b2"])
+    assert by["gpt2"]["vs_gpt2"] == {"train": 1.0, "decode_b1": 1.0, "decode_b2": 1.0}
+    assert "train vs gpt2" in format_report(result)
+
+
+def test_gpt2_is_measured_alongside_a_state_model(with_plugins):
+    """Benchmarking the toy state model alone measures gpt2 too, in the same run, for the ratios; the
+    state's cache shows as fixed bytes per sequence."""
+    import sys
+    import types
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent / "plugins" / "zoo-toys" / "src"))
+    from zoo_toys import ema
+    with_plugins((types.SimpleNamespace(register_attention=ema.register_attention,
+                                        register_models=ema.register_models), "zoo-toys"))
+    res = run_bench(["gpt2-ema"], preset="tiny", device="cpu", reps=1, warmup=0, decode_batch=2, decode_tokens=2)
+    (r,), ref = res["models"], res["reference"]
+    assert ref["model"] == "gpt2" and ref["vs_gpt2"]["train"] == 1.0
+    assert r["vs_gpt2"]["decode_b1"] == pytest.approx(r["decode_tokens_per_sec_b1"] / ref["decode_tokens_per_sec_b1"])
+    assert r["kv_cache_bytes_per_token"] == 0 and r["cache_bytes_per_sequence"] == 2 * 64 * 4  # 2 layers, fp32
+    text = format_report(res)
+    assert "gpt2 (reference)" in text and "decode vs gpt2 (b1/bN)" in text
+
+
 def test_component_ratios_are_reported(result):
     rows = result["components"]["components"]
     names = {(r["kind"], r["name"]) for r in rows}

@@ -232,7 +232,7 @@ def test_an_encoding_no_layer_uses_is_an_error_naming_the_layers(nopos_reg):
 
 
 def test_an_encoding_a_layer_neither_uses_nor_ignores_is_an_error_for_that_layer(nopos_reg):
-    with pytest.raises(ManifestError, match=r"at layers\[0\].attention.name: attention 'nopos' does not accept bias "
+    with pytest.raises(ManifestError, match=r"at layers\[0\].attention.name \(layer 0\): attention 'nopos' does not accept bias "
                                             r"encodings like 'alibi'"):
         resolve_spec(nopos_reg, "gpt2-alibi", "tiny", {"layers": [{"to": 1, "attention": {"name": "nopos"}}]})
     with pytest.raises(ManifestError, match=r"at posenc.name: attention 'nopos' does not accept bias encodings"):

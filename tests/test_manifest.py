@@ -89,6 +89,52 @@ def test_posenc_kind_must_be_accepted_by_the_attention():
         resolve_spec(reg, "gpt2", "tiny", {"attention": {"name": "rot-only"}})
 
 
+def _toy_registry(**tags):
+    """The registry plus the toy EMA mixer of tests/plugins/zoo-toys (tags: its tags replaced)."""
+    import sys
+    import types
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent / "plugins" / "zoo-toys" / "src"))
+    from zoo_toys import ema
+
+    @hookimpl
+    def register_attention(register):
+        register("ema", ema.EMAMixer, ema.PARAMS, dict(ema.TAGS, **tags))
+    return load_registry(extra_plugins=[(types.SimpleNamespace(register_attention=register_attention,
+                                                                register_models=ema.register_models), "zoo-toys")])
+
+
+def test_a_posenc_no_layer_uses_is_refused_with_the_choices():
+    """rope on a model whose only mixer is the toy EMA (tag posenc ["absolute", "none"]): the valid
+    encodings are named; the same when the mixer runs with rope but ignores it (posenc_ignores); a
+    layer pattern that gives some layers a mixer using rope makes it valid."""
+    reg = _toy_registry()
+    with pytest.raises(ManifestError, match=r"at posenc.name: attention 'ema' does not accept rotary encodings like "
+                                            r"'rope'; use one of \['learned', 'none', 'sinusoidal'\]"):
+        resolve_spec(reg, "gpt2-ema", "tiny", {"posenc": {"name": "rope"}})
+    reg = _toy_registry(posenc=["none"], posenc_ignores=["rotary", "bias"])
+    with pytest.raises(ManifestError, match=r"posenc 'rope' is a rotary encoding that no layer's mixer uses \(attention "
+                                            r"'ema' at all 4 layers: .*Choose a posenc they work with \(e.g. \['none'\]\)"):
+        resolve_spec(reg, "gpt2-ema", "tiny", {"posenc": {"name": "rope"}, "n_layers": 4})
+    hybrid = resolve_spec(reg, "gpt2-ema", "tiny", {"posenc": {"name": "rope"}, "n_layers": 4,
+                                                    "layers": [{"from": 2, "attention": {"name": "mha"}}]})
+    assert hybrid["layers"][0]["attention"]["name"] == "mha"
+    with pytest.raises(ManifestError, match=r"at posenc.name: attention 'ema' does not accept absolute encodings like "
+                                            r"'learned'; use one of \['none'\]"):
+        resolve_spec(reg, "gpt2-ema", "tiny", {"posenc": {"name": "learned"}})
+
+
+def test_a_layer_pattern_names_the_layers_of_an_unknown_or_unfit_mixer():
+    reg = _toy_registry()
+    with pytest.raises(ManifestError, match=r"at layers\[1\].attention.name \(layers 1, 3, 5\): unknown attention "
+                                            r"'mamba9'.*Registered attention components: ema, "):
+        resolve_spec(reg, "gpt2-ema", "tiny", {"n_layers": 6, "layers": [
+            {"from": 0, "every": 2, "attention": {"name": "mha"}}, {"from": 1, "every": 2, "attention": {"name": "mamba9"}}]})
+    with pytest.raises(ManifestError, match=r"at layers\[0\].attention.name \(layers 2 to 9\): attention 'ema' does "
+                                            r"not accept rotary encodings like 'rope'; use one of"):
+        resolve_spec(reg, "gpt2-rope-gqa", "tiny", {"n_layers": 10, "layers": [{"from": 2, "attention": {"name": "ema"}}]})
+
+
 def test_extends_cycles_and_unknown_parents(tmp_path, fresh_registry):
     f = tmp_path / "m.json"
     f.write_text(json.dumps({"models": {"a": {"extends": "b"}, "b": {"extends": "a"},

@@ -25,12 +25,16 @@ def format_report(res, vs=None) -> str:
              f"matmul peak: measured {_fmt(res['peak_flops_measured'], 'FLOP/s')}, datasheet "
              f"{_fmt(res['peak_flops_datasheet'], 'FLOP/s')}"]
     old = {r["model"]: r for r in (vs or {}).get("models", [])}
+    refname = res.get("reference_model")
     headers = ["model", "params", "train tok/s", "prefill tok/s", "decode b1", "decode bN", "peak mem",
                "cache B/tok", "B/seq", "MFU (meas.)", "MFU (sheet)"]
+    if refname:
+        headers += [f"train vs {refname}", f"decode vs {refname} (b1/bN)"]
     if vs:
         headers.append("train vs old")
     rows = []
-    for r in res["models"]:
+    alongside = [dict(res["reference"], model=f"{refname} (reference)")] if res.get("reference") else []
+    for r in alongside + res["models"]:
         bn = r.get(f"decode_tokens_per_sec_b{r['decode_batch']}")
         row = [r["model"], _fmt(r["params"]), _fmt(r["train_tokens_per_sec"]) + f" ±{_spread(r['train_time'])}",
                _fmt(r["prefill_tokens_per_sec"]), _fmt(r["decode_tokens_per_sec_b1"]), _fmt(bn),
@@ -38,6 +42,10 @@ def format_report(res, vs=None) -> str:
                _fmt(r.get("cache_bytes_per_sequence")),
                f"{100 * r['mfu_vs_measured_peak']:.1f}%",
                f"{100 * r['mfu_vs_datasheet_peak']:.1f}%" if r["mfu_vs_datasheet_peak"] else "n/a"]
+        if refname:
+            ratios = r.get(f"vs_{refname}") or {}
+            bn = ratios.get(f"decode_b{r['decode_batch']}")
+            row += [_ratio(ratios.get("train")), f"{_ratio(ratios.get('decode_b1'))}/{_ratio(bn)}"]
         if vs:
             o = old.get(r["model"])
             row.append(f"{r['train_tokens_per_sec'] / o['train_tokens_per_sec']:.2f}x" if o else "n/a")
@@ -57,6 +65,10 @@ def format_report(res, vs=None) -> str:
                  x.get("reference", "")] for x in c["components"]]
         lines.append(table(crow, ["kind", "name", "median", "speed vs reference", "reference"]))
     return "\n".join(lines)
+
+
+def _ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def _spread(t):

@@ -205,7 +205,8 @@ def _with_entries(reg, data, path):
 
 def cmd_check(args):
     """The kit on registered components: a table (passed, known failures, skipped checks, partner
-    components exercised) and, under it, each failure and each skipped check with its reason;
+    components exercised) and, under it, every check with its status (``--verbose``), each failure
+    and each skipped check with its reason;
     ``--json``: every check with its status, message and partners, and the skipped checks."""
     from ..testing import check_report
     reg = get_registry()
@@ -233,6 +234,11 @@ def cmd_check(args):
     else:
         print(table(rows, ["kind", "name", "distribution", "passed", "known failures", "skipped", "partners",
                            "status"]))
+        if args.verbose:
+            print("checks:")
+            for r in results:
+                for ch in r["checks"]:
+                    print(f"  {r['kind']}/{r['name']} {ch['check']}: {ch['status']}")
         for r in results:
             for ch in r["checks"]:
                 if ch["status"] in ("failed", "xpass"):
@@ -271,5 +277,7 @@ def add_cli(sub):
     s = sub.add_parser("check", help="run the conformance kit on registered components")
     s.add_argument("kind", nargs="?", choices=KINDS)
     s.add_argument("name", nargs="?")
+    s.add_argument("-v", "--verbose", action="store_true", help="under the table, every check of each component "
+                   "with its status")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_check)

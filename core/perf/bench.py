@@ -2,7 +2,9 @@
 
 For each named model: training-step tokens/s (forward, backward, AdamW), prefill tokens/s, decode
 tokens/s at batch 1 and batch N with the KV cache, peak memory (CUDA), cache bytes per token and
-fixed cache bytes per sequence (a recurrent state), parameters, and MFU. Component level (``--components``): each attention's forward+backward against
+fixed cache bytes per sequence (a recurrent state), parameters, and MFU; training and decoding
+tokens/s relative to ``gpt2`` measured in the same run (``vs_gpt2``; gpt2 is measured alongside when
+it is not among the names). Component level (``--components``): each attention's forward+backward against
 the plain causal SDPA kernel, each ffn against ``mlp`` at equal parameters, as ratios measured in
 the same run.
 
@@ -190,8 +192,24 @@ def environment(device):
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+REFERENCE = "gpt2"  # the model every other one is compared with, measured in the same run
+
+
+def vs_reference(r, ref, decode_batch) -> dict:
+    """Training and decoding tokens/s of result ``r`` relative to those of ``ref`` (None where either
+    is missing): ``{"train", "decode_b1", "decode_bN"}``."""
+    def ratio(key):
+        a, b = r.get(key), (ref or {}).get(key)
+        return a / b if a and b else None
+    return {"train": ratio("train_tokens_per_sec"), "decode_b1": ratio("decode_tokens_per_sec_b1"),
+            f"decode_b{decode_batch}": ratio(f"decode_tokens_per_sec_b{decode_batch}")}
+
+
 def run_bench(names, preset="tiny", device=None, dtype=None, compile_=False, batch=None, seq=None,
               reps=5, warmup=2, components=False, decode_batch=8, decode_tokens=32):
+    """Every figure of :func:`bench_model` for each name (default: every named model), and each
+    model's tokens/s relative to :data:`REFERENCE` (gpt2), measured in the same run: alongside, under
+    ``"reference"``, when it is not among the names."""
     import torch
     device = resolve_device(device)
     dt = parse_dtype(dtype, default=torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -202,20 +220,28 @@ def run_bench(names, preset="tiny", device=None, dtype=None, compile_=False, bat
     reg = get_registry()
     names = names or reg.list_models()
     batch = batch or (8 if device.type == "cuda" else 4)
-    for n in names:  # validate every name, and that it fits, before measuring anything
+    ref_name = REFERENCE if REFERENCE in reg.list_models() else None  # a manifest may have replaced it
+    alongside = ref_name is not None and ref_name not in names
+    for n in [*names, *([ref_name] if alongside else [])]:  # validate every name, and that it fits, first
         spec = resolve_spec(reg, n, preset, {"block_size": max(seq + decode_tokens, 1)} if seq else None)
         check_training_memory(spec, reg, device, batch, seq, act_bytes=dt.itemsize, what="measuring",
                               fix="Choose a smaller --preset, --batch or --seq.")
     peak_measured = measured_matmul_peak(device, dt)
     peak_sheet = datasheet_peak(device) if dt == torch.bfloat16 else None
-    results = []
-    for n in names:
+    def measure(n):
         r = bench_model(n, preset, device, dt, batch, seq, compile_, reps, warmup, decode_tokens, decode_batch)
         r["mfu_vs_measured_peak"] = r["train_flops_per_sec"] / peak_measured
         r["mfu_vs_datasheet_peak"] = r["train_flops_per_sec"] / peak_sheet if peak_sheet else None
-        results.append(r)
+        return r
+
+    ref = measure(ref_name) if alongside else None  # first, as the models it is compared with are
+    results = [measure(n) for n in names]
+    ref = ref or next((r for r in results if r["model"] == ref_name), None)
+    for r in results + ([ref] if alongside else []):
+        r[f"vs_{REFERENCE}"] = vs_reference(r, ref, decode_batch)
     out = {"environment": environment(device), "dtype": dname, "compile": compile_, "preset": preset,
-           "peak_flops_measured": peak_measured, "peak_flops_datasheet": peak_sheet, "models": results}
+           "peak_flops_measured": peak_measured, "peak_flops_datasheet": peak_sheet, "models": results,
+           "reference_model": ref_name, "reference": ref if alongside else None}
     if components:
         out["components"] = bench_components(device, dt, reps=reps, warmup=warmup)
     return out

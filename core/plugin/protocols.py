@@ -256,6 +256,18 @@ class CarriesState(Protocol):
 
 
 @runtime_checkable
+class Segmented(Protocol):
+    """A segment-recurrent mixer (Infini-attention, Transformer-XL): ``segment`` is its segment
+    length in tokens (default ``dims.block_size``). Its forward over T tokens processes segments of
+    ``segment`` tokens in order, with boundaries at multiples of ``segment`` counted from the start
+    of the stream (not of the call), and updates its memory when a segment completes; decoding one
+    token at a time keeps the same boundaries. The mixer reads ``segment`` when it runs: the kit sets
+    it on an instance to move the boundaries."""
+
+    segment: int
+
+
+@runtime_checkable
 class DeclaresLinears(Protocol):
     """``zoo_linears``: the names (paths below the component) of the Linear layers a transform may
     replace. A component reads such a layer's weight only through :func:`zoo.nn.ops.linear_weight`
@@ -394,6 +406,11 @@ def rewind_of(cache) -> str:
 def carries_state(module) -> bool:
     """Whether a mixer carries state across training windows (:class:`CarriesState`)."""
     return isinstance(module, CarriesState)
+
+
+def segment_of(module):
+    """A segment-recurrent mixer's segment length (:class:`Segmented`), or None."""
+    return int(module.segment) if isinstance(module, Segmented) else None
 
 
 def sizes_of(cls, dims, params) -> dict:

@@ -120,7 +120,8 @@ def _resolve_components(reg, spec, where, fix=""):
     for i, override in enumerate(spec.get("layers", [])):
         for kind in LAYER_KINDS:
             if kind in override:
-                override[kind] = _resolve_component(reg, where, kind, override[kind], f"layers[{i}].{kind}", fix)
+                override[kind] = _resolve_component(reg, where, kind, override[kind], f"layers[{i}].{kind}", fix,
+                                                    layers=selected_text(override, spec["n_layers"]))
 
 
 def _too_large(node, path=""):
@@ -138,16 +139,17 @@ def _too_large(node, path=""):
     return None
 
 
-def _resolve_component(reg, where, kind, ref, path, fix=""):
-    """Pass 2 for one component reference at JSON path ``path``: the name is registered and the
-    params satisfy its schema; returns the reference with defaults filled in."""
+def _resolve_component(reg, where, kind, ref, path, fix="", layers=""):
+    """Pass 2 for one component reference at JSON path ``path`` (of a ``layers`` override: the
+    ``layers`` it selects, named in errors): the name is registered and the params satisfy its
+    schema; returns the reference with defaults filled in."""
     if kind == "ffn" and no_ffn(ref):
         if ref.get("params"):
             raise ManifestError(f"{where}: at {path}.params: ffn 'none' (no feed-forward layer) takes no params, "
                                 f"got {json.dumps(ref['params'])}. Remove them.")
         return {"name": NO_FFN, "params": {}}
     if ref["name"] not in reg.components[kind]:
-        raise ManifestError(f"{where}: at {path}.name: " + unknown_name_message(
+        raise ManifestError(f"{where}: at {path}.name" + (f" ({layers})" if layers else "") + ": " + unknown_name_message(
             kind, ref["name"], reg.components[kind], reg.excluded_hint(kind, ref["name"])[0]))
     comp = reg.get(kind, ref["name"])
     params = ref.get("params", {})
@@ -177,6 +179,18 @@ def layer_components(spec: dict, layer: int) -> dict:
 def layer_spec(spec: dict, layer: int) -> dict:
     """The spec as one layer sees it: its own attention and ffn in place of the model's."""
     return {**spec, **layer_components(spec, layer)}
+
+
+def selected_text(override: dict, n_layers: int) -> str:
+    """The layers a ``layers`` override selects, in words: "layer 3", "layers 1, 3, 5", "layers 4 to
+    60, every 8", "no layer of the 4"."""
+    start, every = override.get("from", 0), override.get("every", 1)
+    idx = range(start, min(override.get("to", n_layers), n_layers), every)
+    if not idx:
+        return f"no layer of the {n_layers}"
+    if len(idx) <= 6:
+        return ("layer " if len(idx) == 1 else "layers ") + ", ".join(map(str, idx))
+    return f"layers {idx[0]} to {idx[-1]}" + (f", every {every}" if every > 1 else "")
 
 
 def first_selected(override: dict, n_layers: int):
@@ -230,7 +244,8 @@ def _layer_problems(reg, spec: dict) -> list[str]:
                 continue
             comp = reg.get(kind, override[kind]["name"])
             if kind == "attention" and pe.tags.get("kind") not in posenc_accepted(comp.tags):
-                out.append(f"at layers[{i}].attention.name: {_not_accepted(reg, comp, pe)}")
+                out.append(f"at layers[{i}].attention.name ({selected_text(override, n)}): "
+                           f"{_not_accepted(reg, comp, pe)}")
             for msg in spec_problems(comp.cls, dims_of(spec, first), override[kind]["params"], reg.components):
                 out.append(f"at layers[{i}].{kind}.params: {msg}.")
     return out
@@ -255,8 +270,10 @@ def posenc_accepted(tags: dict) -> list:
 
 
 def _not_accepted(reg, att, pe) -> str:
+    """The refusal of an encoding a mixer does not accept, naming the encodings it uses (one it only
+    ignores would be refused in turn where no other layer uses it)."""
     kind = pe.tags.get("kind")
-    ok = sorted(n for n, c in reg.components["posenc"].items() if c.tags.get("kind") in posenc_accepted(att.tags))
+    ok = sorted(n for n, c in reg.components["posenc"].items() if c.tags.get("kind") in posenc_uses(att.tags))
     return (f"attention {att.name!r} does not accept {kind} encodings like {pe.name!r}; use one of {ok} (it "
             f"uses {posenc_uses(att.tags)} and ignores {posenc_ignores(att.tags)}: tags posenc, posenc_ignores).")
 

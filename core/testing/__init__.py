@@ -35,7 +35,7 @@ from ..nn.transformer import Transformer, build_from_spec
 from ..nn.transforms import apply_all
 from ..plugin.base import PosEnc
 from ..plugin.contract import KINDS, SLOT_ATTR, Dims
-from ..plugin.protocols import MergesWeights, Transform
+from ..plugin.protocols import MergesWeights, Transform, carries_state, max_positions_of, segment_of
 from ..spec.catalog import get_registry
 from ..spec.resolve import cross_field_problems, fill_defaults, posenc_uses, resolve_spec
 
@@ -53,18 +53,23 @@ class CheckSpec:
     fn: object
     kinds: tuple
     applies: object  # tags -> bool
-    skip_reason: str = ""  # why it does not apply when ``applies`` says no (tags)
+    skip_reason: object = ""  # why it does not apply when ``applies`` or ``needs`` says no (or component -> why)
+    needs: object = None  # component -> bool: what the class or an instance offers (a protocol), or None
 
     def __call__(self, component):
         return self.fn(component)
+
+    def applies_to(self, component) -> bool:
+        return component.kind in self.kinds and bool(self.applies(component.tags)) and (
+            self.needs is None or bool(self.needs(component)))
 
 
 CHECKS: list[CheckSpec] = []
 
 
-def _check(kinds=LAYER_AND_POSENC, applies=lambda tags: True, skip=""):
+def _check(kinds=LAYER_AND_POSENC, applies=lambda tags: True, skip="", needs=None):
     def deco(fn):
-        CHECKS.append(CheckSpec(fn.__name__, fn, tuple(kinds), applies, skip))
+        CHECKS.append(CheckSpec(fn.__name__, fn, tuple(kinds), applies, skip, needs))
         return fn
     return deco
 
@@ -169,9 +174,9 @@ def run(comp, module, x, pos=None):
     return out
 
 
-def _x(seed=1, dtype=torch.float32):
+def _x(seed=1, dtype=torch.float32, length=T):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, DIMS.d_model, generator=g).to(dtype)
+    return torch.randn(B, length, DIMS.d_model, generator=g).to(dtype)
 
 
 def _close(a, b, what, atol=ATOL):
@@ -227,35 +232,55 @@ def check_dtypes(component):
 
 @_check(kinds=("attention", "posenc", "ffn", "head"))
 def check_causality(component):
-    """Changing a future token changes no earlier output (a model with this component)."""
+    """Changing a future token changes no earlier output (a model with this component, and the
+    component alone). A mixer that carries state or a segment mixer runs a stream that crosses two
+    boundaries of the context (or of its segment), changed from its middle and from a boundary."""
     m = model_for(component)
+    n = _stream_len(component)
+    bound = max_positions_of(m.posenc)
+    n = min(n, bound) if bound else n
+    seg = _segment(component)
     g = torch.Generator().manual_seed(3)
-    idx = torch.randint(0, DIMS.vocab_size, (B, T), generator=g)
-    t = T // 2
-    idx2 = idx.clone()
-    idx2[:, t:] = torch.randint(0, DIMS.vocab_size, (B, T - t), generator=g)
-    with torch.no_grad():
-        a, _ = m(idx)
-        b, _ = m(idx2)
-    _close(a[:, :t], b[:, :t], f"logits before position {t} after changing later tokens")
-    if component.kind in ("attention", "ffn") and _token_wise(component.tags):
-        mod = make(component).eval()
-        x = _x()
-        x2 = x.clone()
-        x2[:, t:] = torch.randn_like(x2[:, t:])
+    idx = torch.randint(0, DIMS.vocab_size, (B, n), generator=g)
+    mod = make(component).eval() if component.kind in ("attention", "ffn") and _token_wise(component.tags) else None
+    x = _x(length=n)
+    for t in sorted({n // 2, *((seg,) if seg and seg < n else ())}):
+        idx2 = idx.clone()
+        idx2[:, t:] = torch.randint(0, DIMS.vocab_size, (B, n - t), generator=g)
         with torch.no_grad():
-            _close(run(component, mod, x)[:, :t], run(component, mod, x2)[:, :t], "component output before the change")
+            a, _ = m(idx)
+            b, _ = m(idx2)
+        _close(a[:, :t], b[:, :t], f"logits before position {t} after changing later tokens")
+        if mod is not None:
+            x2 = x.clone()
+            x2[:, t:] = torch.randn_like(x2[:, t:])
+            with torch.no_grad():
+                _close(run(component, mod, x)[:, :t], run(component, mod, x2)[:, :t],
+                       f"component output before position {t} after changing later inputs")
 
 
 @_check(applies=lambda tags: tags.get("batch_independent", True), skip="tag batch_independent is False")
 def check_batch_independence(component):
-    """A sequence's output does not depend on the other sequences in the batch."""
+    """A sequence's output does not depend on the other sequences in the batch. A mixer that carries
+    state runs a stream across two boundaries of the context (or of its segment), and also from a
+    non-empty state: a sequence run alone from its row of the state gives its row of the outputs
+    and of the new state."""
     m = make(component).eval()
-    x = _x()
+    n = _stream_len(component)
+    x = _x(length=n)
     with torch.no_grad():
         full = run(component, m, x)
         one = run(component, m, x[1:2])
     _close(full[1:2], one, "output of sequence 1 run alone vs in a batch")
+    if _carries(component):
+        pe, pos = PosEnc(DIMS), torch.arange(PREFIX, PREFIX + n)
+        with torch.no_grad():
+            _, s = m.forward_state(_x(seed=2)[:, :PREFIX], pe, torch.arange(PREFIX), None)
+            y, new = m.forward_state(x, pe, pos, s)
+            y1, new1 = m.forward_state(x[1:2], pe, pos, _map_state(s, lambda t: t[1:2]))
+        what = f"sequence 1 run alone from its row of the state after {PREFIX} tokens vs in a batch"
+        _close(y[1:2], y1, f"{what}: outputs")
+        _states_near(_map_state(new, lambda t: t[1:2]), new1, f"{what}: new state")
 
 
 @_check(kinds=("attention", "posenc", "ffn", "head"))
@@ -315,23 +340,38 @@ def check_every_partner(component):
             _close(m(idx)[0][:, :-1], m(idx2)[0][:, :-1], f"causality with {p.kind} {p.name!r}")
 
 
-def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False, atol=ATOL, vocab=DIMS.vocab_size):
-    """Prefill ``prompt_len`` tokens, then decode one token at a time up to ``total``; the logits
-    must equal one full forward pass. ``spare`` extra cache slots stay empty and must be masked out
-    (a static cache allocated for the whole context); ``explicit_pos`` passes positions as a
-    tensor, as a compiled decode step does, instead of letting the cache count them."""
-    idx = torch.randint(0, vocab, (B, total), generator=torch.Generator().manual_seed(6))
+def _prefill_decode(m, idx, prompt_len, cache_len, explicit_pos=False):
+    """(logits (B, total, V), cache): prefill ``prompt_len`` tokens of ``idx`` (B, total) into a fresh
+    cache of ``cache_len`` slots, then decode the rest one token at a time."""
+    total = idx.shape[1]
     pos = torch.arange(total)  # (total,)
     with torch.no_grad():
-        full, _ = m(idx)  # (B, total, V)
-        cache = m.new_cache(B, total + spare, dtype=torch.float32)
+        cache = m.new_cache(idx.shape[0], cache_len, dtype=torch.float32)
         parts = [m(idx[:, :prompt_len], cache=cache, pos=pos[:prompt_len] if explicit_pos else None)[0]]
         for t in range(prompt_len, total):
             parts.append(m(idx[:, t:t + 1], cache=cache, pos=pos[t:t + 1] if explicit_pos else None)[0])
+    return torch.cat(parts, 1), cache
+
+
+def _cache_matches_full(m, prompt_len, total, spare=0, explicit_pos=False, atol=ATOL, vocab=DIMS.vocab_size,
+                        cache_len=None, full=None, idx=None, what=""):
+    """Prefill ``prompt_len`` tokens, then decode one token at a time up to ``total``; the logits
+    must equal one full forward pass (or ``full``, logits of ``idx``). ``spare`` extra cache slots
+    stay empty and must be masked out (a static cache allocated for the whole context);
+    ``explicit_pos`` passes positions as a tensor, as a compiled decode step does, instead of
+    letting the cache count them; ``cache_len`` allocates that many slots instead (the generator
+    allocates at most the context, ``block_size``, and decodes a state model past it)."""
+    if idx is None:
+        idx = torch.randint(0, vocab, (B, total), generator=torch.Generator().manual_seed(6))
+    if full is None:
+        with torch.no_grad():
+            full, _ = m(idx)  # (B, total, V)
+    out, cache = _prefill_decode(m, idx, prompt_len, total + spare if cache_len is None else cache_len, explicit_pos)
     what = (f"prefill {prompt_len} + decode to {total}" + (f", {spare} spare cache slots" if spare else "")
-            + (", positions given" if explicit_pos else ""))
+            + (f", a cache of {cache_len} slots" if cache_len is not None else "")
+            + (", positions given" if explicit_pos else "") + what)
     assert cache.length == total, f"{what}: the cache counts {cache.length} positions, expected {total}"
-    _close(torch.cat(parts, 1), full, f"{what} vs full forward", atol=atol)
+    _close(out, full, f"{what} vs full forward", atol=atol)
 
 
 # (prompt length, spare slots, explicit positions): a prompt of one token, a short prompt in a cache
@@ -401,6 +441,268 @@ def check_cache_rewinds(component):
                 assert "layer" in str(e), f"the refusal of {what} does not name the layer: {e}"
             else:
                 raise AssertionError(f"ModelCache.{what} did not refuse caches with rewind modes {sorted(modes)}")
+
+
+# ---- mixers that carry state (CarriesState) and segment mixers (Segmented) ----------------------
+
+STATE_ATOL, STATE_RTOL = 1e-5, 1e-4  # two forms of one computation in float32: |a - b| <= atol + rtol |b|
+PREFIX = 5  # tokens before the stream of a check that starts from a non-empty state
+NO_STATE = "it carries no state (no forward_state: CarriesState)"
+NO_SEGMENT = "it is no segment mixer (no int attribute segment: Segmented)"
+NO_CACHE = "tag kv_cache is False"
+
+
+def _carries(component) -> bool:
+    """Whether an attention carries state across windows (:class:`CarriesState`, on the class)."""
+    return component.kind == "attention" and carries_state(component.cls)
+
+
+def _segment(component):
+    """A segment mixer's segment length (``segment`` of an instance: :class:`Segmented`), or None
+    (also when it does not build: check_builds_from_defaults reports that)."""
+    if component.kind != "attention":
+        return None
+    try:
+        return segment_of(make(component))
+    except Exception:
+        return None
+
+
+def _stream_len(component) -> int:
+    """How many tokens a check runs: T, and for a mixer that carries state or a segment mixer a
+    stream that crosses two boundaries of its segment (or of the context, block_size) and decodes
+    past the context."""
+    seg = _segment(component)
+    if not _carries(component) and seg is None:
+        return T
+    return 2 * max(DIMS.block_size, seg or 0) + 3
+
+
+def _mixer_posenc(component, reg=None):
+    """The encoding a state check calls a mixer with: its reference partner (``none`` where it
+    takes it), recorded for :func:`check_report`."""
+    reg = reg or get_registry()
+    pe = _reference(reg, "posenc", "none", lambda p: p in _partners(component, reg))
+    if (pe.kind, pe.name) not in _EXERCISED:
+        _EXERCISED.append((pe.kind, pe.name))
+    return make(pe).eval()
+
+
+def _leaves(state, path="state"):
+    """[(path, leaf)] of a state: a tensor, or tuples/lists/dicts of them (or of plain numbers)."""
+    if isinstance(state, dict):
+        return [x for k in sorted(state, key=str) for x in _leaves(state[k], f"{path}[{k!r}]")]
+    if isinstance(state, (list, tuple)):
+        return [x for i, v in enumerate(state) for x in _leaves(v, f"{path}[{i}]")]
+    return [(path, state)]
+
+
+def _map_state(state, fn):
+    """The state with ``fn`` applied to each tensor."""
+    if isinstance(state, dict):
+        return {k: _map_state(v, fn) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_map_state(v, fn) for v in state)
+    return fn(state) if isinstance(state, torch.Tensor) else state
+
+
+def _near(a, b, what, atol=STATE_ATOL, rtol=STATE_RTOL):
+    """a equals the reference b within atol + rtol |b|, elementwise."""
+    assert a.shape == b.shape, f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}"
+    if not a.numel():
+        return
+    a, b = a.detach().float(), b.detach().float()
+    assert torch.isfinite(a).all() and torch.isfinite(b).all(), f"{what}: non-finite values"
+    diff = (a - b).abs()
+    excess = (diff - rtol * b.abs()).max().item()
+    assert excess <= atol, (f"{what}: max abs difference {diff.max().item():.3g} exceeds {atol:g} + {rtol:g} x "
+                            f"|reference|")
+
+
+def _states_near(a, b, what):
+    """Two states hold the same tensors (structure, shapes, values)."""
+    la, lb = _leaves(a), _leaves(b)
+    assert [p for p, _ in la] == [p for p, _ in lb], (f"{what}: the states differ in structure, "
+                                                      f"{[p for p, _ in la]} vs {[p for p, _ in lb]}")
+    for (p, x), (_, y) in zip(la, lb):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            _near(torch.as_tensor(x), torch.as_tensor(y), f"{what}: {p}")
+        else:
+            assert x == y, f"{what}: {p} is {x!r} vs {y!r}"
+
+
+@_check(kinds=("attention",), needs=_carries, skip=NO_STATE)
+def check_state_parallel_equals_recurrent(component):
+    """The parallel (chunked) form equals the recurrent one: one ``forward_state`` over L tokens
+    against L calls of one token each, from an empty state and from the state after a few tokens,
+    give the same outputs, the same final state (every tensor in it) and the same gradients of a
+    loss on the outputs with respect to the input and every parameter (float32, within 1e-5 + 1e-4
+    x |value|); neither changes the state it was given. L crosses two boundaries of the context
+    (and of a segment mixer's segment)."""
+    m = make(component).train()
+    pe = _mixer_posenc(component)
+    L = _stream_len(component)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(B, L, DIMS.d_model, generator=g)  # (B, L, C)
+    w = torch.randn(B, L, DIMS.d_model, generator=g)  # (B, L, C): the loss is sum(w * y)
+    prefix = torch.randn(B, PREFIX, DIMS.d_model, generator=g)  # (B, PREFIX, C)
+    with torch.no_grad():
+        _, s0 = m.forward_state(prefix, pe, torch.arange(PREFIX), None)
+    for start, state, off in (("an empty state", None, 0), (f"the state after {PREFIX} tokens", s0, PREFIX)):
+        pos = torch.arange(off, off + L)  # (L,)
+        given = _map_state(state, torch.clone)
+        out = {}
+        for form in ("parallel", "recurrent"):
+            m.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_(True)
+            if form == "parallel":
+                y, s = m.forward_state(xi, pe, pos, state)  # (B, L, C)
+            else:
+                s, ys = state, []
+                for t in range(L):
+                    yt, s = m.forward_state(xi[:, t:t + 1], pe, pos[t:t + 1], s)  # (B, 1, C)
+                    ys.append(yt)
+                y = torch.cat(ys, 1)  # (B, L, C)
+            _states_near(state, given, f"from {start}: the state given to the {form} form after the call "
+                                       f"(forward_state must return a new state, not change the one it is given)")
+            (y * w).sum().backward()
+            grads = {"the input": xi.grad}
+            grads.update((f"parameter {n}", p.grad) for n, p in m.named_parameters() if p.requires_grad)
+            out[form] = (y.detach(), _map_state(s, torch.Tensor.detach), grads)
+        (yp, sp, gp), (yr, sr, gr) = out["parallel"], out["recurrent"]
+        what = f"from {start}, {L} one-token calls vs one call over {L} tokens"
+        _near(yr, yp, f"{what}: outputs")
+        _states_near(sr, sp, f"{what}: final state")
+        for name, a in gr.items():
+            b = gp[name]
+            if a is None and b is None:
+                continue
+            zeros = torch.zeros_like(b if a is None else a)
+            _near(zeros if a is None else a, zeros if b is None else b, f"{what}: gradient of {name}")
+
+
+@_check(kinds=("attention",), needs=_carries, skip=NO_STATE)
+def check_state_carries_across_pieces(component):
+    """A stream run in two pieces with the state carried (``Transformer.forward(idx, state=s)``,
+    each piece's positions from 0 as the trainer's windows have them) equals one pass, for cuts at
+    several points (after 1 token, at the context, mid-stream, before the last token, and around a
+    segment mixer's boundary): the logits and each layer's final state; one pass with a state from
+    empty equals the forward without one (float32, within 1e-5 + 1e-4 x |value|)."""
+    m = model_for(component).float()
+    L = _stream_len(component)
+    seg = _segment(component)
+    idx = torch.randint(0, DIMS.vocab_size, (B, L), generator=torch.Generator().manual_seed(12))
+    cuts = sorted(c for c in {1, DIMS.block_size, L // 2, L - 1, *((seg - 1, seg, seg + 1) if seg else ())}
+                  if 0 < c < L)
+    with torch.no_grad():
+        full = m(idx)[0]  # (B, L, V)
+        ref = m.new_state()
+        _near(m(idx, state=ref)[0], full, "one pass with a carried state (from empty) vs the forward without one")
+        for c in cuts:
+            st = m.new_state()
+            first = m(idx[:, :c], state=st)[0]
+            second = m(idx[:, c:], state=st)[0]
+            what = f"two pieces of {c} and {L - c} tokens with the state carried"
+            _near(torch.cat([first, second], 1), full, f"{what}: logits vs one pass")
+            for i in m.carried_layers():
+                _states_near(st.layers[i], ref.layers[i], f"{what}: layer {i}'s final state vs one pass")
+
+
+@_check(kinds=("attention",), needs=lambda c: _carries(c) and c.tags.get("kv_cache", True),
+        skip=lambda c: NO_STATE if not _carries(c) else NO_CACHE)
+def check_state_decoding_past_context(component):
+    """A mixer that carries state decodes past the training context as the generator runs it: a
+    cache of at most ``block_size`` slots, positions given, prompts of 1, 2 and ``block_size``
+    tokens, then token by token to more than twice the context; the logits equal one full forward
+    over the whole stream (float32, within 1e-5 + 1e-4 x |value|)."""
+    from ..generate.generation import context_window
+    m = model_for(component).float()
+    window, bounded = context_window(m)
+    L = min(_stream_len(component), window) if bounded else _stream_len(component)
+    idx = torch.randint(0, DIMS.vocab_size, (B, L), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        full = m(idx)[0]  # (B, L, V)
+    for prompt_len in (1, 2, DIMS.block_size):
+        out, cache = _prefill_decode(m, idx, prompt_len, min(L, window), explicit_pos=True)
+        what = f"prefill {prompt_len} + decode to {L} in a cache of {min(L, window)} slots"
+        assert cache.length == L, f"{what}: the cache counts {cache.length} positions, expected {L}"
+        _near(out, full, f"{what} vs full forward")
+
+
+@_check(kinds=("attention",), needs=lambda c: _segment(c) is not None and c.tags.get("kv_cache", True),
+        skip=lambda c: NO_SEGMENT if _segment(c) is None else NO_CACHE)
+def check_segment_decoding_keeps_boundaries(component):
+    """A segment mixer keeps its boundaries (multiples of ``segment`` from the stream's start): the
+    full forward equals the forward computed segment by segment (pieces of ``segment`` tokens with
+    the state carried, when it carries state), and cached decoding with prompts ending just before,
+    at and just after a boundary, on to a third segment past the context, equals both (float32,
+    within 1e-5 + 1e-4 x |value|)."""
+    from ..generate.generation import context_window
+    m = model_for(component).float()
+    S = segment_of(m.blocks[0].attn)
+    L = 2 * S + 3
+    window, _ = context_window(m)
+    idx = torch.randint(0, DIMS.vocab_size, (B, L), generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        full = m(idx)[0]  # (B, L, V)
+        if m.carried_layers():
+            st = m.new_state()
+            by_segment = torch.cat([m(idx[:, k:k + S], state=st)[0] for k in range(0, L, S)], 1)  # (B, L, V)
+            _near(full, by_segment, f"the full forward vs the forward segment by segment (segment {S}, "
+                                    f"the state carried)")
+    for prompt_len, where in ((S - 1, "just before"), (S, "at"), (S + 1, "just after")):
+        out, cache = _prefill_decode(m, idx, prompt_len, min(L, window), explicit_pos=True)
+        what = f"segment {S}: a prompt of {prompt_len} tokens (ending {where} a boundary) decoded to {L}"
+        assert cache.length == L, f"{what}: the cache counts {cache.length} positions, expected {L}"
+        _near(out, full, f"{what} vs the forward segment by segment")
+
+
+@_check(kinds=("attention",), needs=lambda c: _segment(c) is not None, skip=NO_SEGMENT)
+def check_segment_memory_updates_at_boundaries(component):
+    """A segment mixer updates its memory when a segment completes, not before and not after
+    (the mixer alone, float32): the output at the first token of segments 1 and 2 changes when the
+    first or the last token of the segment before changes (the memory took in the whole segment: a
+    memory that lags, is updated late or never fails); and with ``segment`` set to S + 1 on the
+    instance instead of S, the first output that changes is at a boundary of S (a multiple of S),
+    none before it (a memory updated, or a segment started, anywhere else fails, and so does a
+    mixer that does not read its ``segment``)."""
+    m = make(component).eval()
+    pe = _mixer_posenc(component)
+    S = segment_of(m)
+    assert S >= 2, f"segment {S}: the kit needs segments of 2 tokens or more"
+    L = 2 * (S + 1) + 3  # past the second boundary of S + 1 too
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(B, L, DIMS.d_model, generator=g)  # (B, L, C)
+    pos = torch.arange(L)  # (L,)
+    with torch.no_grad():
+        y = m(x, pe, pos)  # (B, L, C)
+        for k in (1, 2):
+            t = k * S
+            for j, which in (((k - 1) * S, "first"), (k * S - 1, "last")):
+                x2 = x.clone()
+                x2[:, j] = torch.randn(B, DIMS.d_model, generator=g)
+                d = (m(x2, pe, pos)[:, t] - y[:, t]).abs().max().item()
+                assert d > ATOL, (f"segment {S}: the output at position {t}, the first token of segment {k}, does "
+                                  f"not change when the {which} token of segment {k - 1} (position {j}) changes "
+                                  f"(max abs difference {d:.2g}): the memory must take in a segment when it "
+                                  f"completes, before the next segment's first token")
+        moved = copy.deepcopy(m)
+        try:
+            moved.segment = S + 1
+        except AttributeError as e:
+            raise AssertionError(f"cannot set segment on {type(m).__name__} ({e}): the kit moves a segment "
+                                 f"mixer's boundaries by setting it (Segmented)") from None
+        d = (moved(x, pe, pos) - y).abs().amax(dim=(0, 2))  # (L,)
+    changed = (d > ATOL).nonzero().flatten().tolist()
+    assert changed, (f"setting segment from {S} to {S + 1} changed none of the {L} outputs: the mixer must read "
+                     f"its segment when it runs and place its boundaries there")
+    first = changed[0]
+    assert first >= S and first % S == 0, (
+        f"with segment {S + 1} instead of {S}, the first output that changes is at position {first} (by "
+        f"{d[first].item():.2g}), which is no boundary of segment {S} (a multiple of {S}, from {S} on): the "
+        f"memory is updated, or a segment starts, at the wrong time")
+
+
 # ---- positional encodings reach the mixer ------------------------------------------------------
 
 RELATIVE_KINDS = ("rotary", "bias")  # the encodings a mixer applies itself, through rotate and bias
@@ -626,13 +928,14 @@ def check_transform_cache_matches_full(component):
 # ---- running ----------------------------------------------------------------------------------
 
 def checks_for(component):
-    return [c for c in CHECKS if component.kind in c.kinds and c.applies(component.tags)]
+    return [c for c in CHECKS if c.applies_to(component)]
 
 
 def skipped_checks(component):
-    """[(check_name, reason)]: the checks of the component's kind that its tags leave out."""
-    return [(c.name, c.skip_reason or "its tags leave it out") for c in CHECKS
-            if component.kind in c.kinds and not c.applies(component.tags)]
+    """[(check_name, reason)]: the checks of the component's kind that its tags (or what it offers:
+    a check for mixers that carry state skips one that does not) leave out."""
+    return [(c.name, (c.skip_reason(component) if callable(c.skip_reason) else c.skip_reason)
+             or "its tags leave it out") for c in CHECKS if component.kind in c.kinds and not c.applies_to(component)]
 
 
 def check_report(component, known_failures=None) -> dict:
