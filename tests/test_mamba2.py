@@ -164,3 +164,18 @@ def test_sizes_that_do_not_fit_are_refused_with_the_fix(params, fix):
 def test_a_positional_encoding_no_layer_uses_is_refused():
     with pytest.raises(ZooError, match="rotary encoding that no layer's"):
         zoo.resolve("mamba2", "tiny", **{"posenc.name": "rope"})
+
+
+def test_zoo_bench_reports_a_constant_cache_per_slice(tmp_path, capsys):
+    """`zoo bench --cache --slices`: the cache's bytes after each slice of the tokens decoded are the same,
+    the fixed bytes per sequence that the mixer reports."""
+    import json
+
+    from zoo.cli import main
+    out = tmp_path / "slices.json"
+    assert main(["bench", "mamba2", "--cache", "--preset", "tiny", "--new-tokens", "12", "--only", "cache",
+                 "--slices", "3", "--threads", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["tokens"] for r in res["slices"]] == [[1, 4], [4, 8], [8, 12]]
+    assert {r["cache_bytes"] for r in res["slices"]} == {res["cache_bytes_per_sequence"]} != {None}
+    assert "ms/token" in capsys.readouterr().out
