@@ -238,7 +238,7 @@ def _rss_bytes():
 
 def decode_slices(gen, n_tokens, slices, device="cpu"):
     """Run a :class:`zoo.generate.generation.Generation` to its end, timing it in ``slices`` equal
-    slices of its ``n_tokens`` steps: per slice the seconds per token, the bytes its cache holds
+    slices of its ``n_tokens`` steps: per slice the seconds per token (wall and process CPU time), the bytes its cache holds
     (``nbytes``), and the process's resident and peak resident memory at the slice's end (what a
     cache that grows, or any leak, shows in). The first step (prefill and first token) is not timed."""
     import torch
@@ -246,7 +246,7 @@ def decode_slices(gen, n_tokens, slices, device="cpu"):
     it = iter(gen)
     next(it, None)
     bounds = [max(1, round(n_tokens * (k + 1) / slices)) for k in range(slices)]
-    out, step, t0 = [], 1, time.perf_counter()
+    out, step, t0, c0 = [], 1, time.perf_counter(), time.process_time()
     for end in bounds:
         start = step
         for _ in range(end - step):
@@ -254,12 +254,13 @@ def decode_slices(gen, n_tokens, slices, device="cpu"):
                 break
             step += 1
         sync()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         now, peak = _rss_bytes()
         out.append({"tokens": [start, step], "s_per_token": (t1 - t0) / max(step - start, 1),
+                    "cpu_s_per_token": (c1 - c0) / max(step - start, 1),
                     "cache_bytes": gen.cache.nbytes if gen.cache is not None else None,
                     "rss_bytes": now, "peak_rss_bytes": peak})
-        t0 = t1
+        t0, c0 = t1, c1
     for _ in it:  # whatever is left (none when the slices cover every step)
         pass
     return out
@@ -341,12 +342,15 @@ def bench_cache(model_name="gpt2", preset="char", new_tokens=500, prompt_len=1, 
         for r in rows:
             rss = f"{r['rss_bytes'] / 2**20:8.1f} MiB" if r["rss_bytes"] is not None else "     n/a"
             cb = f"{r['cache_bytes']:,}" if r["cache_bytes"] is not None else "n/a"
-            log(f"    tokens {r['tokens'][0]:>6}-{r['tokens'][1]:<6} {1e3 * r['s_per_token']:8.3f} ms/token  "
+            log(f"    tokens {r['tokens'][0]:>6}-{r['tokens'][1]:<6} {1e3 * r['s_per_token']:8.3f} ms/token "
+                f"({1e3 * r['cpu_s_per_token']:.3f} of CPU time)  "
                 f"cache {cb} B  RSS {rss}  peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB")
         first, last = rows[0], rows[-1]
         res["slice_time_ratio"] = last["s_per_token"] / first["s_per_token"]
+        res["slice_cpu_time_ratio"] = last["cpu_s_per_token"] / first["cpu_s_per_token"]
         res["peak_rss_growth_bytes"] = last["peak_rss_bytes"] - first["peak_rss_bytes"]
-        log(f"  last / first slice time per token: {res['slice_time_ratio']:.2f}x; peak RSS grew by "
+        log(f"  last / first slice time per token: {res['slice_time_ratio']:.2f}x wall, "
+            f"{res['slice_cpu_time_ratio']:.2f}x CPU time; peak RSS grew by "
             f"{res['peak_rss_growth_bytes'] / 2**20:.1f} MiB after the first slice")
     if "cache_s" in res and "hf_s" in res:
         res["vs_hf"] = res["hf_s"] / res["cache_s"]
