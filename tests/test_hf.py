@@ -65,10 +65,20 @@ def _hf_configs():
                                                                           "mscale_all_dim": 0.5,
                                                                           "original_max_position_embeddings": 16},
                                                          **dsv2),
+        # two groups of B and C, a chunk shorter than the prompts (padding and states passed between chunks),
+        # an untied head and biases everywhere
+        "mamba2": lambda: tr.Mamba2Config(hidden_size=32, num_hidden_layers=2, num_heads=8, head_dim=8, expand=2,
+                                          state_size=8, n_groups=2, chunk_size=4, use_bias=True,
+                                          tie_word_embeddings=False, **common),
+        # as the released checkpoints: one group, tied embeddings, no biases in the projections
+        "mamba2-tied": lambda: tr.Mamba2Config(hidden_size=32, num_hidden_layers=2, num_heads=4, head_dim=16,
+                                               expand=2, state_size=16, n_groups=1, chunk_size=8,
+                                               tie_word_embeddings=True, **common),
     }
 
 
-ARCHS = ["gpt2", "llama", "llama-tied", "mistral", "mixtral", "deepseek_v2", "deepseek_v2-qlora"]
+ARCHS = ["gpt2", "llama", "llama-tied", "mistral", "mixtral", "deepseek_v2", "deepseek_v2-qlora", "mamba2",
+         "mamba2-tied"]
 
 
 @pytest.fixture(scope="module", params=ARCHS)

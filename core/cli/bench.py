@@ -77,7 +77,7 @@ def _spread(t):
 
 # the smallest value of each integer option (None: not given, the default applies)
 MINIMA = {"batch": 1, "seq": 1, "reps": 1, "warmup": 0, "decode_batch": 1, "decode_tokens": 1, "new_tokens": 1,
-          "prompt_len": 1, "threads": 1}
+          "prompt_len": 1, "threads": 1, "slices": 1}
 
 
 def check_args(args):
@@ -91,7 +91,7 @@ def check_args(args):
                           ours=json_file_with("environment") if not args.cache else json_file_with("new_tokens"),
                           what="--json file")
     if not args.cache:
-        for flag, given in (("--set", args.set), ("--only", args.only), ("--hf", args.hf)):
+        for flag, given in (("--set", args.set), ("--only", args.only), ("--hf", args.hf), ("--slices", args.slices)):
             if given:
                 warn(f"{flag} applies to zoo bench --cache only; it is ignored here.")
     elif args.vs:
@@ -147,7 +147,7 @@ def cmd_bench_cache(args):
               f"{args.prompt_len}-token prompt, batch {args.batch or 1}")
         results.append(bench_cache(name, args.preset or "char", args.new_tokens, args.prompt_len, args.batch or 1,
                                    str(resolve_device(args.device or "cpu")), overrides(args.set),
-                                   compile=args.compile, runs=runs, dtype=args.dtype))
+                                   compile=args.compile, runs=runs, dtype=args.dtype, slices=args.slices))
     if args.json:
         write_json(args.json, results if len(results) > 1 else results[0])
         print(f"results written to {args.json}")
@@ -180,6 +180,9 @@ def add_cli(sub):
     s.add_argument("--only", choices=["cache", "recompute"], help="with --cache: time one decoder only")
     s.add_argument("--hf", action="store_true", help="with --cache: also time transformers' generate on the same "
                                                      "GPT-2 configuration (needs transformers)")
+    s.add_argument("--slices", type=whole_number, help="with --cache: decode once more with the cache in this many "
+                                                       "slices of --new-tokens, each reported with its time per token, "
+                                                       "cache bytes and resident memory (constant for a state model)")
     s.add_argument("--threads", type=whole_number, help="CPU threads for torch (default: torch's choice); on a shared "
                                                "machine 1 avoids stalls of an oversubscribed thread pool")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")

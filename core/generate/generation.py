@@ -135,6 +135,7 @@ class Generation:
         self.tokens = [[] for _ in prompts]
         self.stop_reason = [None] * len(prompts)
         self.steps = 0
+        self.cache = None
 
     @property
     def batch(self) -> int:
@@ -186,6 +187,7 @@ class Generation:
         gen.manual_seed(self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item()))
 
         step_fn, cache = self._decoder(torch, B, total, dev)
+        self.cache = cache  # the model's cache while it runs (None when recomputing), e.g. for its nbytes
         logits = self._forward_context(seq, P0, cache)  # (B, V): predictions for position P0
         cur = P0  # the position whose token is chosen next
         while True:

@@ -249,13 +249,59 @@ def run_bench(names, preset="tiny", device=None, dtype=None, compile_=False, bat
 
 # ---- decoding: cache against recompute, and transformers ------------------------------------------
 
+def _rss_bytes():
+    """(resident memory now, peak resident memory) of this process in bytes; now is None off Linux."""
+    import resource
+    import sys
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    try:
+        with open("/proc/self/statm") as f:
+            now = int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        now = None
+    return now, peak
+
+
+def decode_slices(gen, n_tokens, slices, device="cpu"):
+    """Run a :class:`zoo.generate.generation.Generation` to its end, timing it in ``slices`` equal
+    slices of its ``n_tokens`` steps: per slice the seconds per token (wall and process CPU time), the bytes its cache holds
+    (``nbytes``), and the process's resident and peak resident memory at the slice's end (what a
+    cache that grows, or any leak, shows in). The first step (prefill and first token) is not timed."""
+    import torch
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    it = iter(gen)
+    next(it, None)
+    bounds = [max(1, round(n_tokens * (k + 1) / slices)) for k in range(slices)]
+    out, step, t0, c0 = [], 1, time.perf_counter(), time.process_time()
+    for end in bounds:
+        start = step
+        for _ in range(end - step):
+            if next(it, None) is None:
+                break
+            step += 1
+        sync()
+        t1, c1 = time.perf_counter(), time.process_time()
+        now, peak = _rss_bytes()
+        out.append({"tokens": [start, step], "s_per_token": (t1 - t0) / max(step - start, 1),
+                    "cpu_s_per_token": (c1 - c0) / max(step - start, 1),
+                    "cache_bytes": gen.cache.nbytes if gen.cache is not None else None,
+                    "rss_bytes": now, "peak_rss_bytes": peak})
+        t0, c0 = t1, c1
+    for _ in it:  # whatever is left (none when the slices cover every step)
+        pass
+    return out
+
+
 def bench_cache(model_name="gpt2", preset="char", new_tokens=500, prompt_len=1, batch=1, device="cpu",
-                overrides=None, seed=0, compile=False, runs=("cache", "recompute"), dtype=None, log=print):
+                overrides=None, seed=0, compile=False, runs=("cache", "recompute"), dtype=None, log=print,
+                slices=None):
     """Seconds to decode ``new_tokens`` tokens per sequence with the KV cache ("cache") and by
     recomputing the whole context each step ("recompute"), greedy, same randomly initialised model
     (speed does not depend on the weights); "hf" times Hugging Face transformers' ``generate`` on a
     GPT-2 built from the same configuration (no download). A bounded (learned) model's context is
-    raised to fit ``prompt_len + new_tokens``."""
+    raised to fit ``prompt_len + new_tokens``. ``slices``: also decode once more with the cache in
+    that many slices of the tokens, reporting each slice's time per token, cache bytes and resident
+    memory (:func:`decode_slices`; ``res["slices"]``), so constant memory and time per token show."""
     import torch
     reg = get_registry()
     overrides = dict(overrides or {})
@@ -315,6 +361,23 @@ def bench_cache(model_name="gpt2", preset="char", new_tokens=500, prompt_len=1, 
         res["same_tokens"] = outs["cache"] == outs["recompute"]
         log(f"  speedup: {res['speedup']:.1f}x wall, {res['speedup_cpu_time']:.1f}x CPU time "
             f"(greedy tokens identical: {res['same_tokens']})")
+    if slices:
+        g = generate(model, prompt.tolist(), new_tokens, top_k=1, compile=compile)
+        res["slices"] = rows = decode_slices(g, new_tokens, slices, device)
+        log(f"  decoding with the cache in {len(rows)} slices:")
+        for r in rows:
+            rss = f"{r['rss_bytes'] / 2**20:8.1f} MiB" if r["rss_bytes"] is not None else "     n/a"
+            cb = f"{r['cache_bytes']:,}" if r["cache_bytes"] is not None else "n/a"
+            log(f"    tokens {r['tokens'][0]:>6}-{r['tokens'][1]:<6} {1e3 * r['s_per_token']:8.3f} ms/token "
+                f"({1e3 * r['cpu_s_per_token']:.3f} of CPU time)  "
+                f"cache {cb} B  RSS {rss}  peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB")
+        first, last = rows[0], rows[-1]
+        res["slice_time_ratio"] = last["s_per_token"] / first["s_per_token"]
+        res["slice_cpu_time_ratio"] = last["cpu_s_per_token"] / first["cpu_s_per_token"]
+        res["peak_rss_growth_bytes"] = last["peak_rss_bytes"] - first["peak_rss_bytes"]
+        log(f"  last / first slice time per token: {res['slice_time_ratio']:.2f}x wall, "
+            f"{res['slice_cpu_time_ratio']:.2f}x CPU time; peak RSS grew by "
+            f"{res['peak_rss_growth_bytes'] / 2**20:.1f} MiB after the first slice")
     if "cache_s" in res and "hf_s" in res:
         res["vs_hf"] = res["hf_s"] / res["cache_s"]
         log(f"  zoo / transformers decode speed: {res['vs_hf']:.2f}x")
