@@ -64,17 +64,20 @@ def sigma(t):
 
 def memory_read(sq, M, z):
     """sigma(Q) M / (sigma(Q) z). sq: (B, H, L, D), M: (B, H, D, Dv), z: (B, H, D) -> (B, H, L, Dv);
-    zero while the memory is empty."""
-    return (sq @ M) / (sq @ z[..., None]).clamp_min(EPS)
+    zero while the memory is empty. In float32, autocast or not."""
+    with torch.autocast(sq.device.type, enabled=False):
+        return (sq @ M) / (sq @ z[..., None]).clamp_min(EPS)
 
 
 def memory_update(M, z, k, v, delta=True):
-    """Fold one complete segment into the memory. k: (B, H, S, D), v: (B, H, S, Dv) -> (M, z)."""
+    """Fold one complete segment into the memory, in float32 (autocast or not: M and z are sums over
+    the whole stream). k: (B, H, S, D), v: (B, H, S, Dv) -> (M, z)."""
     sk = sigma(k.float())  # (B, H, S, D)
     v = v.float()
     if delta:
         v = v - memory_read(sk, M, z)  # (B, H, S, Dv): only what the memory does not already return
-    return M + sk.transpose(-1, -2) @ v, z + sk.sum(2)  # (B, H, D, Dv), (B, H, D)
+    with torch.autocast(sk.device.type, enabled=False):
+        return M + sk.transpose(-1, -2) @ v, z + sk.sum(2)  # (B, H, D, Dv), (B, H, D)
 
 
 class InfiniCache:
