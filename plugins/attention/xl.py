@@ -101,11 +101,17 @@ class XLCache:
 class XLAttention(nn.Module):
     """Multi-head attention over [memory, segment] with Transformer-XL's relative positions."""
 
+    @property
+    def mem_len(self) -> int:
+        """The memory's length: the ``mem_len`` param, or else ``segment`` read when the layer runs
+        (the previous segment, wherever the boundaries are moved)."""
+        return self.segment if self._mem_len is None else self._mem_len
+
     def __init__(self, dims, segment=None, mem_len=None):
         super().__init__()
         C = dims.d_model
         self.segment = int(segment or dims.block_size)
-        self.mem_len = self.segment if mem_len is None else int(mem_len)
+        self._mem_len = None if mem_len is None else int(mem_len)  # None: the segment's length
         self.n_heads, self.head_dim = dims.n_heads, dims.head_dim
         self.dropout = dims.dropout
         self.q = nn.Linear(C, C, bias=dims.bias)  # W_q
