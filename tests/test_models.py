@@ -11,10 +11,12 @@ PRESETS = list(zoo.get_registry().presets)
 # (before the layout of issue 11); gpt2 at 124m is GPT-2 small with its vocabulary padded to 50304.
 PARAM_COUNTS = {
     "deepseek": {"tiny": 201_152, "baby": 1_793_920, "char": 24_122_496, "124m": 272_656_128},
+    "gla": {"tiny": 122_272, "baby": 882_432, "char": 10_728_576, "124m": 162_447_360},
     "gpt2": {"tiny": 108_288, "baby": 809_856, "char": 10_770_816, "124m": 124_475_904},
     "gpt2-alibi": {"tiny": 106_240, "baby": 801_664, "char": 10_672_512, "124m": 123_689_472},
     "gpt2-infini": {"tiny": 106_248, "baby": 801_680, "char": 10_672_548, "124m": 123_689_616},
     "gpt2-kan": {"tiny": 106_808, "baby": 809_060, "char": 10_776_450, "124m": 124_387_836},
+    "gpt2-linear": {"tiny": 108_288, "baby": 809_856, "char": 10_770_816, "124m": 124_475_904},
     "gpt2-mla": {"tiny": 119_632, "baby": 908_480, "char": 11_188_416, "124m": 120_438_144},
     "gpt2-mqa-sin": {"tiny": 93_761, "baby": 702_593, "char": 9_194_113, "124m": 110_696_449},
     "gpt2-nope": {"tiny": 106_240, "baby": 801_664, "char": 10_672_512, "124m": 123_689_472},
@@ -23,6 +25,7 @@ PARAM_COUNTS = {
     "mamba2": {"tiny": 92_620, "baby": 546_608, "char": 5_989_080, "124m": 83_818_080},
     "mixtral": {"tiny": 628_032, "baby": 4_937_088, "char": 59_055_744, "124m": 546_859_776},
     "transformer-xl": {"tiny": 114_688, "baby": 868_224, "char": 11_561_856, "124m": 130_785_792},
+    "retnet": {"tiny": 111_424, "baby": 806_272, "char": 10_680_960, "124m": 162_257_664},
 }
 
 
