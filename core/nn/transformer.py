@@ -37,6 +37,8 @@ class Block(nn.Module):
         self.layer = layer
         self.norm1 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
         self.attn = construct(attention_cls, dims, spec["attention"]["params"], components)
+        # whether this layer carries its mixer's state across training windows (CarriesState, ChoosesCarry)
+        self.carries = carries_state(attention_cls, dims, spec["attention"]["params"])
         self.norm2 = self.ffn = None
         if ffn_cls is not None:
             self.norm2 = make_norm(spec["norm"], spec["d_model"], spec["bias"], spec.get("norm_eps"))
@@ -55,7 +57,7 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))  # (B, T, C)
 
     def _mix(self, h, posenc, pos, cache, state):  # h: (B, T, C)
-        if state is None or not carries_state(self.attn):
+        if state is None or not self.carries:
             return self.attn(h, posenc, pos, cache)  # (B, T, C)
         y, state.layers[self.layer] = self.attn.forward_state(h, posenc, pos, state.layers[self.layer])
         return y  # (B, T, C)
@@ -165,7 +167,7 @@ class Transformer(nn.Module):
 
     def carried_layers(self) -> list:
         """Indices of the layers whose mixer carries state across training windows."""
-        return [i for i, b in enumerate(self.blocks) if carries_state(b.attn)]
+        return [i for i, b in enumerate(self.blocks) if b.carries]
 
     def new_state(self) -> CarriedState:
         """An empty carried state (every stream starts), for ``forward(..., state=)``."""
@@ -233,8 +235,9 @@ def carried_layers(spec: dict, reg=None) -> list:
     """Indices of the layers of a spec whose mixer class carries state across training windows
     (:class:`zoo.plugin.protocols.CarriesState`), without building the model."""
     reg = reg or get_registry()
-    return [i for i in range(spec["n_layers"])
-            if carries_state(reg.get("attention", layer_components(spec, i)["attention"]["name"]).cls)]
+    refs = [layer_components(spec, i)["attention"] for i in range(spec["n_layers"])]
+    return [i for i, ref in enumerate(refs)
+            if carries_state(reg.get("attention", ref["name"]).cls, dims_of(spec, i), ref["params"])]
 
 
 def _numel(module) -> int:

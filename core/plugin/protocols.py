@@ -256,6 +256,19 @@ class CarriesState(Protocol):
 
 
 @runtime_checkable
+class ChoosesCarry(Protocol):
+    """A mixer with ``forward_state`` (:class:`CarriesState`) that carries its state across training
+    windows only for some params: ``carries(dims, params) -> bool``, a classmethod, asked once per
+    layer when the model is built and when the trainer picks its sampler. False: the layer trains on
+    independent windows, as a mixer without ``forward_state`` does (e.g. linear attention, whose
+    state has no decay, so over a long stream it averages everything seen); ``forward_state`` still
+    serves the conformance kit and decoding is unchanged."""
+
+    @classmethod
+    def carries(cls, dims: "Dims", params: dict) -> bool: ...
+
+
+@runtime_checkable
 class Segmented(Protocol):
     """A segment-recurrent mixer (Infini-attention, Transformer-XL): ``segment`` is its segment
     length in tokens (default ``dims.block_size``). Its forward over T tokens processes segments of
@@ -403,9 +416,15 @@ def rewind_of(cache) -> str:
     return "none"
 
 
-def carries_state(module) -> bool:
-    """Whether a mixer carries state across training windows (:class:`CarriesState`)."""
-    return isinstance(module, CarriesState)
+def carries_state(module, dims=None, params=None) -> bool:
+    """Whether a mixer (class or instance) carries state across training windows: it has
+    ``forward_state`` (:class:`CarriesState`) and, given the layer's ``dims`` and ``params``, does
+    not decline it for them (:class:`ChoosesCarry`). Without ``dims``: whether it can carry state."""
+    if not isinstance(module, CarriesState):
+        return False
+    if dims is not None and isinstance(module, ChoosesCarry):
+        return bool(module.carries(dims, dict(params or {})))
+    return True
 
 
 def segment_of(module):

@@ -225,20 +225,31 @@ class _StateMixer(nn.Module):
 LINEAR_PARAMS = {"type": "object", "additionalProperties": False,
                  "properties": {"chunk": _chunk_param(64),
                                 "eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6,
-                                        "description": "added to the normaliser phi(q) . z"}}}
-LINEAR_TAGS = {"causal": True, "kv_cache": True, **POSENC_TAGS, "example_params": {"chunk": 5}}
+                                        "description": "added to the normaliser phi(q) . z"},
+                                "carry": {"type": "boolean", "default": False,
+                                          "description": "carry the state across contiguous training windows "
+                                                         "(off: independent windows, as in the paper; the state "
+                                                         "has no decay, so over a long stream it averages "
+                                                         "everything seen, see docs/mixers.md)"}}}
+LINEAR_TAGS = {"causal": True, "kv_cache": True, **POSENC_TAGS, "example_params": {"chunk": 5, "carry": True}}
 
 
 class LinearAttention(_StateMixer):
     """Causal linear attention with phi = elu + 1 and its normaliser, multi-head (head_dim = C / H)."""
 
-    def __init__(self, dims, chunk=64, eps=1e-6):
+    def __init__(self, dims, chunk=64, eps=1e-6, carry=False):
         super().__init__()
         self.n_heads, self.head_dim, self.chunk, self.eps = dims.n_heads, dims.head_dim, chunk, eps
         self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
         self.proj = init_residual_(nn.Linear(dims.d_model, dims.d_model, bias=dims.bias))
         self.drop = nn.Dropout(dims.dropout)
         self.state_shapes = self._shapes(dims, {})
+
+    @classmethod
+    def carries(cls, dims, params):
+        """Whether a layer carries its state across training windows: the ``carry`` param
+        (zoo.plugin.protocols.ChoosesCarry)."""
+        return bool(params.get("carry", False))
 
     @classmethod
     def _shapes(cls, dims, params):
