@@ -242,12 +242,14 @@ def test_kv_cache_bytes_per_token_matches_the_formula_and_the_allocation(name):
         head_dim = spec["d_model"] // spec["n_heads"]
         assert reported == 2 * spec["n_layers"] * kv_heads * head_dim * 4
         assert zoo.kv_cache_bytes_per_token(spec, 2) == 2 * spec["n_layers"] * kv_heads * head_dim * 2
-    # what a cache actually holds (floating-point buffers; slot positions are bookkeeping)
+    # what a cache actually holds (its nbytes: keys and values, or a state; slot positions are
+    # bookkeeping): the figure per token times the length, plus the fixed figure per sequence
+    from zoo.nn.cache import cache_bytes
+    per_seq = cache_bytes(spec, zoo.get_registry(), 4)[1]
     model = zoo.build_from_spec(spec)
     n = spec["block_size"]
     cache = model.new_cache(1, n, dtype=torch.float32)
-    held = sum(b.numel() * b.element_size() for layer in cache.layers for b in layer.buffers() if b.is_floating_point())
-    assert held == reported * n
+    assert cache.nbytes == reported * n + per_seq
 
 
 def test_zoo_show_reports_the_kv_cache_figure(capsys):

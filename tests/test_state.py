@@ -50,8 +50,9 @@ def _all_ema(reg, posenc="none", n_layers=2, seed=0):
 
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_truncate_then_decode_equals_never_having_decoded(name):
-    """Every named model (tiny): prefill, decode 3 tokens that are then truncated away, decode the
-    real continuation: the logits equal the full forward's."""
+    """Every named model (tiny): prefill, decode 3 tokens that are then undone (truncated away, or
+    a snapshot restored where a layer's cache is a state), decode the real continuation: the logits
+    equal the full forward's."""
     model = zoo.build(name, "tiny").eval()
     torch.manual_seed(0)
     T, P = 12, 5
@@ -60,11 +61,13 @@ def test_truncate_then_decode_equals_never_having_decoded(name):
     with torch.no_grad():
         full = model(idx)[0]
         cache = model.new_cache(2, T + 3, dtype=torch.float32)
-        assert cache.rewind_modes() == ["truncate"] * model.spec["n_layers"] and not cache.not_rewindable()
+        truncates = cache.rewind_modes() == ["truncate"] * model.spec["n_layers"]
+        assert not cache.not_rewindable() and (truncates or cache.not_rewindable(["truncate"]))
         model(idx[:, :P], cache=cache)
+        snap = None if truncates else cache.snapshot()
         for t in range(3):
             model(other[:, t:t + 1], cache=cache)
-        cache.truncate(P)
+        cache.truncate(P) if truncates else cache.restore(snap)
         assert cache.length == P
         out = torch.cat([model(idx[:, t:t + 1], cache=cache)[0] for t in range(P, T)], 1)
     torch.testing.assert_close(out, full[:, P:], atol=1e-4, rtol=0)
