@@ -55,7 +55,9 @@ def test_layer_groups_equal_grouping_layer_by_layer():
             if rng.random() < 0.7:
                 o["to"] = rng.randint(1, n + 3)
             if rng.random() < 0.7:
-                o["every"] = rng.randint(1, 7)
+                o["every"] = rng.randint(1, 12)
+            if rng.random() < 0.3:  # a period longer than the model shrinks to its depth
+                o["shrink_period"] = True
             overrides.append(o)
         spec = {**base, "n_layers": n, "layers": overrides}
         assert layer_groups(spec) == _brute_groups(spec), overrides
