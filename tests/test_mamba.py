@@ -153,3 +153,31 @@ def test_mamba_refuses_positional_encodings_it_would_not_use():
         zoo.resolve("mamba", "tiny", posenc={"name": "rope"})
     with pytest.raises(zoo.ZooError, match="does not accept absolute"):
         zoo.resolve("mamba", "tiny", posenc={"name": "learned"})
+
+
+# ---- jamba: the layer pattern through the generic shrink_period rule --------------------------------
+
+@pytest.mark.parametrize("n_layers", [2, 3, 4, 6, 7, 8, 12, 16, 20])
+def test_jamba_layout_is_transformers_at_every_depth(n_layers):
+    """Attention where transformers' JambaConfig puts it, i % period == offset, with the period
+    min(8, n) and the offset 4 (n // 2 below 8 layers); experts at odd layers."""
+    from zoo.spec.resolve import layer_components
+    spec = zoo.resolve("jamba", "tiny", n_layers=n_layers)
+    period, offset = (8, 4) if n_layers >= 8 else (n_layers, n_layers // 2)
+    got = [(layer_components(spec, i)["attention"]["name"], layer_components(spec, i)["ffn"]["name"])
+           for i in range(n_layers)]
+    want = [("gqa" if i % period == offset else "mamba", "moe" if i % 2 == 1 else "swiglu") for i in range(n_layers)]
+    assert got == want
+    assert sum(a == "gqa" for a, _ in got) >= 1
+
+
+def test_shrink_period_is_a_rule_of_every_override_and_without_it_an_empty_selection_is_refused():
+    from zoo.spec.resolve import layer_selection
+    o = {"from": 3, "every": 10, "shrink_period": True, "ffn": "none"}
+    assert layer_selection(o, 5) == (1, 5, 5) and layer_selection(o, 10) == (3, 10, 10)
+    assert layer_selection({**o, "shrink_period": False}, 5) == (3, 5, 10)
+    spec = zoo.resolve("llama", "tiny", n_layers=5, layers=[o])  # layer 1 of 5 has no ffn
+    assert [zoo.spec.resolve.layer_components(spec, i)["ffn"]["name"] for i in range(5)] == \
+        ["swiglu", "none", "swiglu", "swiglu", "swiglu"]
+    with pytest.raises(zoo.ZooError, match=r"layers\[0\]: from=4, to=4, every=8 selects no layer"):
+        zoo.resolve("jamba", "baby", layers=[{"from": 4, "every": 8, "attention": {"name": "gqa"}}])
