@@ -21,8 +21,10 @@ def test_the_builtin_mappings_are_registered_through_the_hook():
     reg = catalog.load_registry()
     assert {n: (a.dist, a.matches is not None) for n, a in reg.hf_archs.items()} == {
         "gpt2": ("zoo", True), "llama": ("zoo", True), "mixtral": ("zoo", True), "deepseek_v2": ("zoo", True),
-        "mistral": ("zoo", False)}
-    assert all(a.from_hf.__module__ == "zoo_plugins.hf.archs" for a in reg.hf_archs.values())
+        "mistral": ("zoo", False), "mamba": ("zoo", True), "jamba": ("zoo", True)}
+    ssm = {"mamba", "jamba"}  # the state space models' mappings, a module of their own
+    assert all(a.from_hf.__module__ == ("zoo_plugins.hf.ssm" if n in ssm else "zoo_plugins.hf.archs")
+               for n, a in reg.hf_archs.items())
     # the core holds no table of its own: without entry points there is no mapping
     assert catalog.load_registry(use_entry_points=False).hf_archs == {}
 
