@@ -99,23 +99,17 @@ def test_export_round_trip_loads_in_transformers(imported):
         torch.testing.assert_close(back(idx).logits, hf(idx).logits, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["mamba", "jamba"])
-def test_the_named_models_export_to_transformers(name, tmp_path):
-    """The zoo's own mamba and jamba (tiny: jamba's attention pattern shrunk to period 2, offset 1)
-    export, and transformers computes the same logits from the export."""
+@pytest.mark.parametrize("preset, block_types, experts", [
+    ("tiny", ["mamba", "attention"], [1, 16]),
+    ("baby", ["mamba", "mamba", "attention", "mamba"], [1, 16, 1, 16]),
+    ("124m", ["mamba"] * 4 + ["attention"] + ["mamba"] * 7, [1, 16] * 6)])
+def test_the_named_jamba_exports_its_layout_at_every_depth(preset, block_types, experts):
+    """The shrunk pattern exports as the period and offset it has at that depth (the logits of the
+    export are compared with transformers' for every exportable named model in tests/test_hf.py)."""
     tr = pytest.importorskip("transformers", reason="parity tests need the optional extra: pip install 'zoo[hf]'")
     import zoo
-    from zoo.io.checkpoint import plugins_of, save_checkpoint
-    torch.manual_seed(0)
-    spec = zoo.resolve(name, "tiny")
-    model = zoo.build_from_spec(spec).eval()
-    save_checkpoint(tmp_path / "zoo" / "ckpt.pt", {"model": model.state_dict(), "spec": spec, "step": 0,
-                                                   "plugins": plugins_of(spec), "tokenizer": {"type": "char"}})
-    export_hf(tmp_path / "zoo", tmp_path / "hf")
-    hf = tr.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    if name == "jamba":
-        assert (hf.config.attn_layer_period, hf.config.attn_layer_offset) == (2, 1)
-        assert hf.config.layers_block_type == ["mamba", "attention"] and hf.config.layers_num_experts == [1, 16]
-    idx = torch.randint(0, spec["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+    from zoo.interop.hf.archs import export_arch
+    spec = zoo.resolve("jamba", preset)
+    cfg = export_arch(spec).to_hf(spec, None)
+    hf = tr.JambaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")})
+    assert hf.layers_block_type == block_types and hf.layers_num_experts == experts
