@@ -158,7 +158,7 @@ class Mamba(nn.Module):
 
     def __init__(self, dims, d_state=16, d_conv=4, expand=2, dt_rank="auto", conv_bias=True, proj_bias=False,
                  dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, dt_scale=1.0, dt_init="random", bcdt_norm=False,
-                 norm_eps=1e-6, chunk=64):
+                 norm_eps=1e-6, chunk="auto"):
         super().__init__()
         s = self.sizes(dims, {"d_state": d_state, "d_conv": d_conv, "expand": expand, "dt_rank": dt_rank})
         C, D, N, R, K = dims.d_model, s["d_inner"], d_state, s["dt_rank"], d_conv
