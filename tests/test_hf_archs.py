@@ -21,8 +21,9 @@ def test_the_builtin_mappings_are_registered_through_the_hook():
     reg = catalog.load_registry()
     assert {n: (a.dist, a.matches is not None) for n, a in reg.hf_archs.items()} == {
         "gpt2": ("zoo", True), "llama": ("zoo", True), "mixtral": ("zoo", True), "deepseek_v2": ("zoo", True),
-        "mistral": ("zoo", False), "mamba2": ("zoo", True)}
-    assert all(a.from_hf.__module__ == ("zoo_plugins.hf.mamba2" if n == "mamba2" else "zoo_plugins.hf.archs")
+        "mistral": ("zoo", False), "mamba2": ("zoo", True), "mamba": ("zoo", True), "jamba": ("zoo", True)}
+    own = {"mamba2": "zoo_plugins.hf.mamba2", "mamba": "zoo_plugins.hf.ssm", "jamba": "zoo_plugins.hf.ssm"}
+    assert all(a.from_hf.__module__ == own.get(n, "zoo_plugins.hf.archs")
                for n, a in reg.hf_archs.items())
     # the core holds no table of its own: without entry points there is no mapping
     assert catalog.load_registry(use_entry_points=False).hf_archs == {}

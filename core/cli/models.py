@@ -10,7 +10,7 @@ from ..plugin.contract import KINDS, LAYER_KINDS, MODEL_KINDS, SLOT_ATTR
 from ..plugin.registry import BUILTIN_DIST
 from ..spec.catalog import configure, configured_manifests, get_registry
 from ..spec.manifest import load_manifest_file
-from ..spec.resolve import resolve_spec
+from ..spec.resolve import layer_selection, resolve_spec
 from ..version import PLUGIN_API_VERSION
 from .util import fmt_params, overrides, table
 
@@ -74,7 +74,8 @@ def cmd_show(args):
     for i, t in enumerate(spec.get("transforms", [])):
         print(f"  {f'transforms[{i}]':<12} {t['name']} {json.dumps(t['params'])}")
     for i, o in enumerate(spec.get("layers", [])):
-        sel = f"layers {o.get('from', 0)}..{o.get('to', spec['n_layers']) - 1}" + (f" every {o['every']}" if o.get("every", 1) > 1 else "")
+        start, end, every = layer_selection(o, spec["n_layers"])
+        sel = f"layers {start}..{end - 1}" + (f" every {every}" if every > 1 else "")
         print(f"  {f'layers[{i}]':<12} {sel}: " + ", ".join(f"{k} {o[k]['name']} {json.dumps(o[k]['params'])}" for k in LAYER_KINDS if k in o))
     print(f"  {'parameters':<12} {info['params']:,} ({fmt_params(info['params'])})")
     kv, fixed = info["kv_cache_bytes_per_token"], info["cache_bytes_per_sequence"]

@@ -160,9 +160,21 @@ def _resolve_component(reg, where, kind, ref, path, fix="", layers=""):
 
 # ---- per-layer composition ----------------------------------------------------------------------
 
+def layer_selection(override: dict, n_layers: int) -> tuple[int, int, int]:
+    """(from, to, every) of a ``layers`` override in a model of ``n_layers``: its own, defaults filled
+    in, except that with ``shrink_period`` a period (``every``) longer than the model shrinks to the
+    model's depth and the offset (``from``) scales with it, ``from * n_layers // every``: from 4
+    every 8 selects layers 4, 12, 20, ... of a deep model, and layer n_layers // 2 of one with fewer
+    than 8 layers (Jamba's attention layers), so every depth keeps the pattern's share."""
+    start, end, every = override.get("from", 0), override.get("to", n_layers), override.get("every", 1)
+    if override.get("shrink_period") and every > n_layers:
+        start, every = start * n_layers // every, n_layers
+    return start, end, every
+
+
 def layer_selects(override: dict, layer: int, n_layers: int) -> bool:
     """Whether a ``layers`` override applies to layer ``layer`` (0-based)."""
-    start, end, every = override.get("from", 0), override.get("to", n_layers), override.get("every", 1)
+    start, end, every = layer_selection(override, n_layers)
     return start <= layer < end and (layer - start) % every == 0
 
 
@@ -195,7 +207,8 @@ def selected_text(override: dict, n_layers: int) -> str:
 
 def first_selected(override: dict, n_layers: int):
     """The first layer a ``layers`` override selects, or None when it selects none."""
-    start, end = override.get("from", 0), min(override.get("to", n_layers), n_layers)
+    start, end, _ = layer_selection(override, n_layers)
+    end = min(end, n_layers)
     return start if start < end else None
 
 
@@ -210,12 +223,13 @@ def layer_groups(spec: dict) -> list[tuple[int, int]]:
     n, overrides = spec["n_layers"], spec.get("layers") or []
     if not overrides:
         return [(0, n)]
-    bounds = sorted({0, n} | {min(o.get("from", 0), n) for o in overrides} | {min(o.get("to", n), n) for o in overrides})
+    sel = [layer_selection(o, n) for o in overrides]  # (from, to, every) of each
+    bounds = sorted({0, n} | {min(f, n) for f, _, _ in sel} | {min(t, n) for _, t, _ in sel})
     groups = {}  # the layer's components (as JSON) -> [first layer, count]
     for a, b in zip(bounds, bounds[1:]):
         if a >= b:
             continue
-        steps = [o.get("every", 1) for o in overrides if o.get("from", 0) <= a and b <= o.get("to", n)]
+        steps = [e for f, t, e in sel if f <= a and b <= t]
         period = math.lcm(*steps) if steps else 1
         # one representative per residue modulo the period, each standing for every period-th layer
         reps = [(i, len(range(i, b, period))) for i in range(a, min(b, a + period))]
@@ -235,9 +249,10 @@ def _layer_problems(reg, spec: dict) -> list[str]:
     for i, override in enumerate(spec.get("layers", []) or []):
         first = first_selected(override, n)
         if first is None:
-            out.append(f"at layers[{i}]: from={override.get('from', 0)}, to={override.get('to', n)}, "
-                       f"every={override.get('every', 1)} selects no layer of the {n} (0 to {n - 1}); fix the "
-                       f"range or drop the override.")
+            start, end, every = layer_selection(override, n)
+            out.append(f"at layers[{i}]: from={start}, to={end}, every={every}"
+                       + (" (after shrink_period)" if override.get("shrink_period") else "")
+                       + f" selects no layer of the {n} (0 to {n - 1}); fix the range or drop the override.")
             continue
         for kind in LAYER_KINDS:
             if kind not in override or (kind == "ffn" and no_ffn(override[kind])):
