@@ -7,12 +7,31 @@ from ..errors import ZooError
 from .util import whole_number
 
 
+def _past_context(model, window: int) -> str:
+    """What each kind of layer does past the context: a cache that grows per token slides over the
+    last ``window`` positions; a fixed-size state (or segment memory) carries the whole stream."""
+    from ..plugin.protocols import cache_size
+    from ..spec.resolve import dims_of, layer_components
+    spec, sliding, state = model.spec, [], []
+    for i in range(spec["n_layers"]):
+        ref = layer_components(spec, i)["attention"]
+        size = cache_size(type(model.blocks[i].attn), dims_of(spec, i), ref["params"])
+        (state if size is not None and size[0] == 0 else sliding).append(f"{i} ({ref['name']})")
+    parts = []
+    if sliding:
+        parts.append(f"layer(s) {', '.join(sliding)} attend to a sliding window of the last {window} positions")
+    if state:
+        parts.append(f"layer(s) {', '.join(state)} carry their fixed-size state over the whole stream")
+    return "; ".join(parts)
+
+
 def add_cli(subparsers):
     s = subparsers.add_parser(
         "generate", help="sample text from a trained model, streamed as it is produced",
         description="Sample from a run directory or checkpoint. Several --prompt and --num-samples run as "
                     "one batch; --seed makes it reproducible. Past the context limit, models with an "
-                    "unbounded positional encoding continue with a sliding window; learned positions stop.")
+                    "unbounded positional encoding continue (attention with a sliding window, state "
+                    "mixers such as mamba with their state); learned positions stop.")
     s.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
     s.add_argument("--prompt", action="append", metavar="TEXT",
                    help="text to continue (repeat for several prompts; default: unconditional, from the "
@@ -57,8 +76,8 @@ def cmd_generate(args):
               file=sys.stderr)
     longest = max(len(p) for p in g.fed) + args.max_new_tokens
     if not g.bounded and longest > g.window:
-        print(f"zoo: note: past the context of {g.window} tokens {name!r} continues with a sliding window "
-              f"over the last {g.window} positions.", file=sys.stderr)
+        print(f"zoo: note: past the context of {g.window} tokens {name!r} continues: "
+              f"{_past_context(model, g.window)}.", file=sys.stderr)
     _print_stream(stream, sys.stdout)
     reached = [i for i, r in enumerate(g.stop_reason) if r == "context"]
     if reached:

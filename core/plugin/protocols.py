@@ -265,7 +265,7 @@ class ChoosesCarry(Protocol):
     serves the conformance kit and decoding is unchanged."""
 
     @classmethod
-    def carries(cls, dims: "Dims", params: dict) -> bool: ...
+    def carries(cls, dims: Any, params: dict) -> bool: ...
 
 
 @runtime_checkable
