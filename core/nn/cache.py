@@ -88,6 +88,33 @@ class KVCache(nn.Module):
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
+class StateCache:
+    """A generation cache that is a fixed-size state (Mamba, linear attention, ...): a few tensors,
+    batch first, whose size does not depend on the tokens decoded. ``rewind = "snapshot"``: a state
+    cannot forget a token, so a copy of it goes back. ``state`` is the tuple of tensors; a mixer
+    updates them in place (``copy_``). Subclass it to name the tensors."""
+
+    rewind = "snapshot"
+
+    def __init__(self, tensors):
+        self.state = tuple(tensors)
+
+    def reset(self):
+        for t in self.state:
+            t.zero_()
+
+    def snapshot(self):
+        return tuple(t.clone() for t in self.state)
+
+    def restore(self, snap):
+        for t, s in zip(self.state, snap):
+            t.copy_(s)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state)
+
+
 def default_kv_elems_per_token(dims: Dims, n_kv_heads: int, head_dim: int | None = None) -> int:
     """Keys and values for the kv heads: 2 x kv heads x head dim numbers per token per layer."""
     return 2 * n_kv_heads * (head_dim or dims.head_dim)

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.components import init_residual_
+from zoo.components import StateCache, init_residual_
 from zoo.hookspecs import hookimpl
 
 POSENC_TAGS = {"posenc": ["absolute", "none"], "posenc_ignores": ["rotary", "bias"]}
@@ -151,30 +151,6 @@ def gla_step(q, k, v, log_alpha, S):
 
 
 # ---- the cache and the shared module plumbing -----------------------------------------------------
-
-class StateCache:
-    """The generation cache: the state tensors, whatever the length. ``rewind = "snapshot"``."""
-
-    rewind = "snapshot"
-
-    def __init__(self, tensors):
-        self.state = tuple(tensors)
-
-    def reset(self):
-        for t in self.state:
-            t.zero_()
-
-    def snapshot(self):
-        return tuple(t.clone() for t in self.state)
-
-    def restore(self, snap):
-        for t, s in zip(self.state, snap):
-            t.copy_(s)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state)
-
 
 class _StateMixer(nn.Module):
     """What the three share: heads, the cache, forward/forward_state. A subclass says its state's

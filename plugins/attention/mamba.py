@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.components import init_residual_
+from zoo.components import StateCache, init_residual_
 from zoo.hookspecs import hookimpl
 
 PARAMS = {
@@ -114,31 +114,23 @@ def selective_scan(dt, A, Bm, Cm, x, h0, chunk):
     return (H @ Cm[..., None])[..., 0], h  # (B, T, D), (B, D, N)
 
 
-class MambaState:
+class MambaState(StateCache):
     """The generation cache: conv (B, D, d_conv - 1), the convolution's last inputs, and ssm (B, D, N),
     the state h. ``rewind = "snapshot"``."""
 
-    rewind = "snapshot"
-
     def __init__(self, batch, d_inner, d_conv, d_state, device=None, dtype=None):
         dtype = dtype or torch.get_default_dtype()
-        self.conv = torch.zeros(batch, d_inner, d_conv - 1, device=device, dtype=dtype)  # (B, D, K-1)
-        self.ssm = torch.zeros(batch, d_inner, d_state, device=device, dtype=dtype)  # (B, D, N)
-
-    def reset(self):
-        self.conv.zero_()
-        self.ssm.zero_()
-
-    def snapshot(self):
-        return self.conv.clone(), self.ssm.clone()
-
-    def restore(self, snap):
-        self.conv.copy_(snap[0])
-        self.ssm.copy_(snap[1])
+        conv = torch.zeros(batch, d_inner, d_conv - 1, device=device, dtype=dtype)  # (B, D, K-1)
+        ssm = torch.zeros(batch, d_inner, d_state, device=device, dtype=dtype)  # (B, D, N)
+        super().__init__((conv, ssm))
 
     @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.conv, self.ssm))
+    def conv(self):
+        return self.state[0]
+
+    @property
+    def ssm(self):
+        return self.state[1]
 
 
 class DtProj(nn.Module):

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.components import init_residual_
+from zoo.components import StateCache, init_residual_
 from zoo.hookspecs import hookimpl
 
 PARAMS = {
@@ -174,33 +174,25 @@ class GatedRMSNorm(nn.Module):
         return self.weight * g.flatten(-2).to(dtype)  # (B, T, d_inner)
 
 
-class Mamba2Cache:
+class Mamba2Cache(StateCache):
     """The generation cache: conv_state (B, conv_dim, d_conv - 1), the last inputs of the
     convolution, and ssm_state (B, H, P, N). Its size does not depend on the tokens decoded.
     ``rewind = "snapshot"``: a state cannot forget a token, a copy of it goes back."""
 
-    rewind = "snapshot"
-
     def __init__(self, batch, sizes, device=None, dtype=None):
         dtype = dtype or torch.get_default_dtype()
         s = sizes
-        self.conv = torch.zeros(batch, s["conv_dim"], s["d_conv"] - 1, device=device, dtype=dtype)  # (B, conv_dim, K-1)
-        self.ssm = torch.zeros(batch, s["n_heads"], s["head_dim"], s["d_state"], device=device, dtype=dtype)  # (B, H, P, N)
-
-    def reset(self):
-        self.conv.zero_()
-        self.ssm.zero_()
-
-    def snapshot(self):
-        return self.conv.clone(), self.ssm.clone()
-
-    def restore(self, snap):
-        self.conv.copy_(snap[0])
-        self.ssm.copy_(snap[1])
+        conv = torch.zeros(batch, s["conv_dim"], s["d_conv"] - 1, device=device, dtype=dtype)  # (B, conv_dim, K-1)
+        ssm = torch.zeros(batch, s["n_heads"], s["head_dim"], s["d_state"], device=device, dtype=dtype)  # (B, H, P, N)
+        super().__init__((conv, ssm))
 
     @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.conv, self.ssm))
+    def conv(self):
+        return self.state[0]
+
+    @property
+    def ssm(self):
+        return self.state[1]
 
 
 class Mamba2(nn.Module):
