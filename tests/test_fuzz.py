@@ -134,7 +134,8 @@ def plausible_override(rng, ctx, model):
                         "dropout": [0, 0.5, 0.9, 0.999]}[k])
         return f"{k}={json.dumps(v)}"
     kind = rng.choice(["attention", "posenc", "ffn"])
-    props = ctx["schemas"][(kind, ctx["uses"][model][kind])].get("properties", {})
+    # a kind the model leaves out (ffn none) has no schema: its params are unknown keys
+    props = ctx["schemas"].get((kind, ctx["uses"][model][kind]), {}).get("properties", {})
     if not props:
         return f"{kind}.params.x=1"
     key = rng.choice(sorted(props))

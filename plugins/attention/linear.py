@@ -193,7 +193,8 @@ class _StateMixer(nn.Module):
         return torch.autocast(x.device.type, enabled=False)
 
     def _heads(self, t, n):  # (B, T, n * D) -> (B, n, T, D), float32
-        return t.view(*t.shape[:2], n, -1).transpose(1, 2).float()
+        # contiguous: aot_autograd's backward of the chunked form fails on the transposed view (torch 2.13)
+        return t.reshape(*t.shape[:2], n, -1).transpose(1, 2).float().contiguous()
 
 
 # ---- linear (Katharopoulos et al. 2020) -----------------------------------------------------------
@@ -338,7 +339,7 @@ class Retention(_StateMixer):
             o = o.transpose(1, 2).reshape(B * T, H * self.v_head_dim)  # (B*T, H*Dv)
             gn = self.group_norm
             o = F.group_norm(o, H, gn.weight.float(), None if gn.bias is None else gn.bias.float(), gn.eps)
-        y = F.silu(self.g_proj(x)) * o.view(B, T, -1).to(x.dtype)  # (B, T, H*Dv)
+        y = F.silu(self.g_proj(x)) * o.reshape(B, T, -1).to(x.dtype)  # (B, T, H*Dv)
         return self.drop(self.out_proj(y)), (S,)
 
 

@@ -107,6 +107,10 @@ class XLAttention(nn.Module):
         (the previous segment, wherever the boundaries are moved)."""
         return self.segment if self._mem_len is None else self._mem_len
 
+    @mem_len.setter
+    def mem_len(self, n):
+        self._mem_len = None if n is None else int(n)
+
     def __init__(self, dims, segment=None, mem_len=None):
         super().__init__()
         C = dims.d_model
