@@ -353,3 +353,22 @@ def test_tiktoken_run_samples_unconditionally_from_end_of_text(tmp_path):
     text = "".join(p for _, p, _ in s)
     assert text == s.texts[0] and max(s.generation.tokens[0], default=0) < tok.vocab_size
     assert s.generation.prompts == [[tok.eot]]
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gpt2-nope"])
+def test_a_prompt_longer_than_the_context_is_read_whole_only_by_a_state_model(name):
+    """mamba2 caches a fixed-size state at every layer: a prompt of 2.5 contexts is read whole, so
+    greedy decoding equals the argmax of the full forward over the whole sequence (with and without
+    the cache). gpt2-nope's keys and values slide: it reads the prompt's last block_size tokens."""
+    from zoo.generate import generate
+    torch.manual_seed(0)
+    model = zoo.build(name, "tiny").eval()
+    n = model.spec["block_size"]
+    prompt = torch.randint(0, model.spec["vocab_size"], (5 * n // 2,)).tolist()
+    outs = [[s[0] for s in generate(model, [prompt], max_new_tokens=4, top_k=1, use_cache=c)] for c in (True, False)]
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(4):
+            ctx = seq if name == "mamba2" else seq[-n:]
+            seq.append(int(model(torch.tensor([ctx]))[0][0, -1].argmax()))
+    assert outs[0] == outs[1] == seq[len(prompt):]

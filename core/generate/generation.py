@@ -21,8 +21,11 @@ padding or per-sequence positions are needed and results equal those of running 
 
 Past the context limit: an encoding without a bound (``max_positions() is None``: RoPE, ALiBi,
 sinusoidal, none) keeps going with a sliding window -- the cache is a ring buffer of
-``block_size`` slots, so each new token attends to the last ``block_size`` positions. A bounded
-encoding (learned positions) stops at its last position with ``stop_reason == "context"``.
+``block_size`` slots, so each new token attends to the last ``block_size`` positions, and a longer
+prompt is read from its last ``block_size`` tokens. A model whose every layer caches a fixed-size
+state (mamba, mamba2, the linear family, segment memories: ``cache_size`` reports no bytes per token)
+reads a prompt of any length whole and carries the whole stream. A bounded encoding (learned
+positions) stops at its last position with ``stop_reason == "context"``.
 
 Sampling order (as in Hugging Face transformers): repetition penalty (Keskar et al. 2019, CTRL,
 arXiv:1909.05858), temperature, top-k, top-p (nucleus, Holtzman et al. 2020, arXiv:1904.09751),
@@ -49,6 +52,19 @@ def context_window(model):
     there (a learned table of positions) rather than slide (every other encoding)."""
     limit = max_positions_of(model.posenc)
     return (model.block_size, False) if limit is None else (limit, True)
+
+
+def carries_whole_stream(model) -> bool:
+    """Whether every layer's cache is a fixed-size state (a mixer reporting no bytes per token, such
+    as mamba or a segment memory): such a model reads a prompt of any length whole and never slides."""
+    from ..plugin.protocols import cache_size
+    from ..spec.resolve import dims_of, layer_components
+    spec = model.spec
+    for i, block in enumerate(model.blocks):
+        size = cache_size(type(block.attn), dims_of(spec, i), layer_components(spec, i)["attention"]["params"])
+        if size is None or size[0] != 0:
+            return False
+    return True
 
 
 def supports_cache(model) -> bool:
@@ -120,8 +136,10 @@ class Generation:
                            f"{self.model.spec['posenc']['name']!r} positional encoding has only {self.window} "
                            f"positions; shorten the prompt.")
         self.prompts = prompts
-        # an unbounded model reads at most the last `window` prompt tokens (it slides past that anyway)
-        self.fed = [p[-self.window:] for p in prompts]
+        # an unbounded model reads at most the last `window` prompt tokens (it slides past that anyway),
+        # unless every layer carries a fixed-size state over the whole stream
+        self.whole_stream = not self.bounded and carries_whole_stream(self.model)
+        self.fed = prompts if self.whole_stream else [p[-self.window:] for p in prompts]
         self.eot = eot
         self.use_cache = bool(use_cache) and supports_cache(self.model)
         self.compile = compile if (compile and self.use_cache) else False  # True, or torch.compile options
@@ -227,7 +245,7 @@ class Generation:
         """Logits (B, V) after the first n tokens: a prefill of the cache, or a full recompute of
         the last ``window`` tokens at their absolute positions."""
         import torch
-        start = 0 if cache is not None else max(0, n - self.window)
+        start = 0 if cache is not None or self.whole_stream else max(0, n - self.window)
         pos = torch.arange(start, n, device=seq.device)  # (T,)
         return self.model(seq[:, start:n], cache=cache, pos=pos)[0][:, -1]  # (B, V)
 
