@@ -27,6 +27,7 @@ from zoo.interop.hf.mapping import (
     T,
     Zeros,
     component_sizes,
+    final_norm_and_head,
     get_mscale,
     layer_components,
     need,
@@ -211,13 +212,9 @@ class Llama:
                     (b + "norm2.weight", [h + "post_attention_layernorm.weight"], Copy())]
             out += cls.attention_plan(spec, i, h + "self_attn.", b + "attn.")
             out += cls.ffn_plan(spec, i, h, b + "ffn.")
-        out.append(("norm_f.weight", [p + "norm.weight"], Copy()))
-        ignored = {n for n in names or () if n.endswith("rotary_emb.inv_freq")}
-        if spec["tie_weights"]:
-            ignored.add("lm_head.weight")
-        else:
-            out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
-        return out, ignored
+        end, ignored = final_norm_and_head(spec, p + "norm.weight",
+                                           (n for n in names or () if n.endswith("rotary_emb.inv_freq")))
+        return out + end, ignored
 
     @staticmethod
     def attention_plan(spec, i, h, b):

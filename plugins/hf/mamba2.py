@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from zoo.hookspecs import hookimpl
-from zoo.interop.hf.mapping import Copy, component_sizes, layer_components, need, refuse
+from zoo.interop.hf.mapping import Copy, component_sizes, final_norm_and_head, layer_components, need, refuse
 
 ARCH = "mamba2"
 MIXER_TENSORS = ("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D",
@@ -107,10 +107,8 @@ def tensors(spec, names):
             if (t in ("in_proj.bias", "out_proj.bias") and not bias) or (t == "conv1d.bias" and not conv_bias):
                 continue
             out.append((f"{b}attn.{t}", [f"{h}mixer.{t}"], Copy()))
-    out.append(("norm_f.weight", [p + "norm_f.weight"], Copy()))
-    if not spec["tie_weights"]:
-        out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
-    return out, ({"lm_head.weight"} if spec["tie_weights"] else set())
+    end, ignored = final_norm_and_head(spec, p + "norm_f.weight")
+    return out + end, ignored
 
 
 def matches(spec):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from zoo.errors import ZooError
 from zoo.hookspecs import hookimpl
-from zoo.interop.hf.mapping import Cat, Copy, ExpertsIn, ExpertsOut, Zeros, component_sizes, layer_components, need, refuse
+from zoo.interop.hf.mapping import Cat, Copy, ExpertsIn, ExpertsOut, Zeros, component_sizes, final_norm_and_head, layer_components, need, refuse
 from zoo.spec.resolve import layer_selection
 from zoo_plugins.hf.archs import Llama
 
@@ -116,13 +116,8 @@ class Mamba:
             h, b = f"{p}layers.{i}.", f"blocks.{i}."
             out.append((b + "norm1.weight", [h + "norm.weight"], Copy()))
             out += _mixer_plan(h + "mixer.", b + "attn.", spec, i, norms=False)
-        out.append(("norm_f.weight", [p + "norm_f.weight"], Copy()))
-        ignored = set()
-        if spec["tie_weights"]:
-            ignored.add("lm_head.weight")
-        else:
-            out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
-        return out, ignored
+        end, ignored = final_norm_and_head(spec, p + "norm_f.weight")
+        return out + end, ignored
 
     @staticmethod
     def matches(spec):
@@ -234,13 +229,8 @@ class Jamba:
                 hidden = component_sizes(spec, "ffn", i)["hidden"]
                 out += [(fb + "gate_up.weight", [f + "gate_proj.weight", f + "up_proj.weight"], Cat([hidden, hidden])),
                         (fb + "down.weight", [f + "down_proj.weight"], Copy())]
-        out.append(("norm_f.weight", [p + "final_layernorm.weight"], Copy()))
-        ignored = set()
-        if spec["tie_weights"]:
-            ignored.add("lm_head.weight")
-        else:
-            out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
-        return out, ignored
+        end, ignored = final_norm_and_head(spec, p + "final_layernorm.weight")
+        return out + end, ignored
 
     @staticmethod
     def _patterns(spec):

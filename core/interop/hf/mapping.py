@@ -40,6 +40,19 @@ class Sizes(dict):
                        f"{sorted(self) or 'none'}.")
 
 
+def final_norm_and_head(spec: dict, hf_norm: str, ignored=()):
+    """The end of a plan for an RMSNorm model: (entries, ignored names). The final norm's weight from
+    ``hf_norm``; the output head's own weight unless the spec ties it, in which case transformers'
+    ``lm_head.weight`` is the embedding and is ignored."""
+    out = [("norm_f.weight", [hf_norm], Copy())]
+    ignored = set(ignored)
+    if spec["tie_weights"]:
+        ignored.add("lm_head.weight")
+    else:
+        out.append(("lm_head.weight", ["lm_head.weight"], Copy()))
+    return out, ignored
+
+
 def component_sizes(spec: dict, kind: str, layer: int | None = None, component: dict | None = None) -> Sizes:
     """The sizes of the ``kind`` component of a resolved spec (of layer ``layer`` if given, else the
     model's), or of ``component`` (``{"name", "params"}``, defaults filled from its schema), as the
