@@ -86,9 +86,11 @@ def check_args(args):
         v = getattr(args, k, None)
         if v is not None and v < lo:
             raise ZooError(f"--{k.replace('_', '-')} must be at least {lo}, not {v}.")
+    peer = peer_of(args.vs)
+    vs_file = args.vs[0] if args.vs and not peer else None
     if args.json:  # before measuring, so a bad path does not fail after the whole run
-        check_output_file(args.json, args.force, inputs=[args.vs] if args.vs else (),
-                          ours=json_file_with("environment") if not args.cache else json_file_with("new_tokens"),
+        check_output_file(args.json, args.force, inputs=[vs_file] if vs_file else (),
+                          ours=json_file_with("new_tokens" if args.cache else "peer" if peer else "environment"),
                           what="--json file")
     if not args.cache:
         for flag, given in (("--set", args.set), ("--only", args.only), ("--hf", args.hf), ("--slices", args.slices)):
@@ -96,7 +98,24 @@ def check_args(args):
                 warn(f"{flag} applies to zoo bench --cache only; it is ignored here.")
     elif args.vs:
         warn("--vs compares the table of zoo bench; with --cache it is ignored.")
-    return read_vs(args.vs) if args.vs and not args.cache else None
+    return read_vs(vs_file) if vs_file and not args.cache else None
+
+
+def peer_of(vs):
+    """(peer, path) for ``--vs transformers`` and ``--vs nanogpt PATH``; None for ``--vs FILE``."""
+    from ..perf.peers import PEERS
+    if not vs:
+        return None
+    if vs[0] not in PEERS:
+        if len(vs) > 1:
+            raise ZooError(f"--vs takes one earlier --json result, transformers, or nanogpt PATH; got {' '.join(vs)!r}.")
+        return None
+    if vs[0] == "nanogpt" and len(vs) != 2:
+        raise ZooError("--vs nanogpt needs the path of a nanoGPT checkout: zoo bench --vs nanogpt PATH "
+                       "(git clone https://github.com/karpathy/nanoGPT).")
+    if vs[0] == "transformers" and len(vs) != 1:
+        raise ZooError(f"--vs transformers takes no path; got {' '.join(vs)!r}.")
+    return vs[0], (vs[1] if len(vs) > 1 else None)
 
 
 def read_vs(path):
@@ -128,8 +147,10 @@ def cmd_bench(args):
         torch.set_num_threads(args.threads)
     if args.cache:
         return cmd_bench_cache(args)
+    if peer_of(args.vs):
+        return cmd_bench_peer(args)
     res = run_bench(args.names, args.preset or "tiny", args.device, args.dtype, args.compile, args.batch, args.seq,
-                    args.reps, args.warmup, args.components, args.decode_batch, args.decode_tokens)
+                    args.reps or 5, args.warmup, args.components, args.decode_batch, args.decode_tokens)
     print(format_report(res, vs))
     if args.json:
         write_json(args.json, res)
@@ -143,13 +164,28 @@ def cmd_bench_cache(args):
     runs = ([args.only] if args.only else ["cache", "recompute"]) + (["hf"] if args.hf else [])
     results = []
     for name in args.names or ["gpt2"]:
-        print(f"{name} at preset {args.preset or 'char'}: {args.new_tokens} new tokens after a "
-              f"{args.prompt_len}-token prompt, batch {args.batch or 1}")
-        results.append(bench_cache(name, args.preset or "char", args.new_tokens, args.prompt_len, args.batch or 1,
+        print(f"{name} at preset {args.preset or 'char'}: {args.new_tokens or 500} new tokens after a "
+              f"{args.prompt_len or 1}-token prompt, batch {args.batch or 1}")
+        results.append(bench_cache(name, args.preset or "char", args.new_tokens or 500, args.prompt_len or 1, args.batch or 1,
                                    str(resolve_device(args.device or "cpu")), overrides(args.set),
                                    compile=args.compile, runs=runs, dtype=args.dtype, slices=args.slices))
     if args.json:
         write_json(args.json, results if len(results) > 1 else results[0])
+        print(f"results written to {args.json}")
+
+
+def cmd_bench_peer(args):
+    """The zoo's gpt2 against transformers or nanoGPT on the same weights (zoo.perf.peers)."""
+    from ..perf.peers import compare
+    peer, path = peer_of(args.vs)
+    if args.names and args.names != ["gpt2"]:
+        raise ZooError(f"--vs {peer} compares the zoo's gpt2 with the peer's GPT-2; name no other model "
+                       f"(got {', '.join(args.names)}).")
+    res = compare(peer, args.preset or "char", path, batch=args.batch or 8, reps=args.reps or 20,
+                  warmup=args.warmup, dtype=args.dtype, compile_=args.compile, prompt_len=args.prompt_len or 16,
+                  new_tokens=args.new_tokens or 200, decode_batches=tuple(args.decode_batches))
+    if args.json:
+        write_json(args.json, res)
         print(f"results written to {args.json}")
 
 
@@ -168,15 +204,17 @@ def add_cli(sub):
                                                           "prefill (with --cache: the decode step)")
     s.add_argument("--batch", type=whole_number, help="training/prefill batch size (with --cache: sequences decoded, default 1)")
     s.add_argument("--seq", type=whole_number, help="sequence length (default: the preset's context)")
-    s.add_argument("--reps", type=whole_number, default=5)
+    s.add_argument("--reps", type=whole_number, help="repetitions (default 5; with --vs transformers/nanogpt, 20)")
     s.add_argument("--warmup", type=whole_number, default=2)
     s.add_argument("--decode-batch", type=whole_number, default=8)
     s.add_argument("--decode-tokens", type=whole_number, default=32)
     s.add_argument("--components", action="store_true", help="also measure each component against its reference")
     s.add_argument("--cache", action="store_true", help="time decoding with the KV cache against recomputing the "
                                                         "whole context each step")
-    s.add_argument("--new-tokens", type=whole_number, default=500, help="with --cache: tokens to decode (default 500)")
-    s.add_argument("--prompt-len", type=whole_number, default=1, help="with --cache: prompt tokens (default 1)")
+    s.add_argument("--new-tokens", type=whole_number, help="with --cache: tokens to decode (default 500; with --vs "
+                                                                 "transformers, 200)")
+    s.add_argument("--prompt-len", type=whole_number, help="with --cache: prompt tokens (default 1; with --vs "
+                                                                 "transformers, 16)")
     s.add_argument("--only", choices=["cache", "recompute"], help="with --cache: time one decoder only")
     s.add_argument("--hf", action="store_true", help="with --cache: also time transformers' generate on the same "
                                                      "GPT-2 configuration (needs transformers)")
@@ -187,5 +225,11 @@ def add_cli(sub):
                                                "machine 1 avoids stalls of an oversubscribed thread pool")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--force", action="store_true", help="overwrite a --json file that zoo bench did not write")
-    s.add_argument("--vs", metavar="FILE", help="print ratios against an earlier --json result")
+    s.add_argument("--vs", nargs="+", metavar="FILE|PEER",
+                   help="print ratios against an earlier --json result; or compare gpt2 on the same weights, "
+                        "interleaved in one process, with transformers' GPT-2 (--vs transformers: training step "
+                        "and greedy decoding, the hf extra) or nanoGPT's model.py (--vs nanogpt PATH: the "
+                        "training step; PATH is your nanoGPT checkout)")
+    s.add_argument("--decode-batches", type=whole_number, nargs="+", default=[1, 8, 64], metavar="B",
+                   help="with --vs transformers: the decoding batch sizes (default 1 8 64)")
     s.set_defaults(fn=cmd_bench)
