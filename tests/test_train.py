@@ -305,3 +305,26 @@ def test_a_presets_training_recipe_comes_from_the_manifest(tmp_path, corpus, fre
     bad.write_text(json.dumps({"version": 1, "presets": {"bad": {
         "n_layers": 1, "n_heads": 2, "d_model": 32, "block_size": 16, "vocab_size": 65, "train": {"lr": -1}}}}))
     assert main(["--manifest", str(bad), "list"]) == 2
+
+
+def test_target_loss_stops_at_the_first_evaluation_that_reaches_it(tmp_path, corpus, capsys):
+    # the same seeded run twice: the second stops where the first's val loss first fell to the target
+    cfg = dict(SMALL, max_iters=12, eval_interval=3, data=str(corpus))
+    full = train("gpt2", TrainConfig(**cfg, out=str(tmp_path / "a")))
+    vals = dict(full["val_history"])
+    assert vals[3] > vals[6] > vals[12]  # it learns, so the target below is first met at step 6
+    goal = (vals[6] + vals[3]) / 2 if vals[6] < min(vals[0], vals[3]) else vals[6]
+    res = train("gpt2", TrainConfig(**cfg, out=str(tmp_path / "b"), target_loss=goal))
+    assert res["steps"] == 6 and res["target"]["step"] == 6
+    assert res["target"]["val_loss"] == pytest.approx(vals[6], abs=1e-6)
+    assert res["target"]["wall_time_s"] >= res["target"]["train_time_s"] > 0
+    assert load_checkpoint(res["run_dir"])["step"] == 6  # what it reached is saved
+    assert f"target loss {goal:g} reached at step 6" in capsys.readouterr().err
+    assert full["target"] is None
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf"])
+def test_target_loss_must_be_a_positive_loss(tmp_path, corpus, bad, capsys):
+    assert main(["train", "gpt2", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path),
+                 "--target-loss", bad]) == 2
+    assert "--target-loss must be a positive number" in capsys.readouterr().err

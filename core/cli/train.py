@@ -29,7 +29,7 @@ def cmd_train(args):
                 grad_clip=args.grad_clip, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
                 log_interval=args.log_interval, ckpt_interval=args.ckpt_interval, early_stop=args.early_stop,
                 device=args.device, dtype=args.dtype, compile=args.compile, seed=args.seed, fsdp=args.fsdp,
-                sample_tokens=args.sample_tokens)
+                sample_tokens=args.sample_tokens, target_loss=args.target_loss)
     base = {k: v for k, v in base.items() if v is not None}
     dist = Dist(args.device)
     try:
@@ -83,6 +83,9 @@ def add_cli(sub):
     s.add_argument("--seed", type=whole_number)
     s.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard with FSDP2 instead of DDP")
     s.add_argument("--sample-tokens", type=whole_number, help="tokens of the text sample at each evaluation (0: none)")
+    s.add_argument("--target-loss", type=float, metavar="L",
+                   help="stop at the first evaluation whose validation loss is at most L and report the wall time "
+                        "to it (a speedrun: docs/benchmarks.md)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("tensorboard", help="open the runs in TensorBoard")

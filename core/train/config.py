@@ -81,6 +81,7 @@ class TrainConfig:
     fsdp: bool = False
     sample_tokens: int | None = None
     sample_prompt: str = "\n"
+    target_loss: float | None = None  # stop at the first evaluation whose val loss is at most this
 
     def fill(self, recipe: dict | None):
         """Fill every unset field from the preset's training recipe (the ``train`` field of a preset in
@@ -126,6 +127,11 @@ class TrainConfig:
             raise ZooError(f"unknown schedule {self.schedule!r}; choose cosine, wsd or constant.")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ZooError(f"unknown dtype {self.dtype!r}; choose auto, float32 or bfloat16.")
+        if self.target_loss is not None and (isinstance(self.target_loss, bool)
+                                             or not isinstance(self.target_loss, (int, float))
+                                             or not math.isfinite(self.target_loss) or self.target_loss <= 0):
+            raise ZooError(f"--target-loss must be a positive number (a validation loss to stop at), not "
+                           f"{self.target_loss!r}.")
         if self.lr == 0:
             warn("--lr 0: the weights will not change during this run.")
         elif self.min_lr > self.lr and self.schedule != "constant":
@@ -139,7 +145,7 @@ class TrainConfig:
 # what a resumed run may change: how long it goes on, how it is watched, where it runs and where its
 # data now lives (checked to be the same data); anything else would make it another run
 RESUME_MAY_CHANGE = ("max_iters", "eval_interval", "eval_iters", "log_interval", "sample_tokens", "sample_prompt",
-                     "early_stop", "device", "compile", "data")
+                     "early_stop", "device", "compile", "data", "target_loss")
 
 
 def _flag(name: str) -> str:

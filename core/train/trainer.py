@@ -165,6 +165,7 @@ class Trainer:
 
     def __init__(self, spec: dict | None, tokenizer, cfg: TrainConfig, *, reg=None, resume: str | None = None,
                  dist: Dist | None = None, log=None):
+        self.t_created = time.time()  # a speedrun's clock (--target-loss) starts with the trainer
         self.dist = dist or Dist(cfg.device)
         self.log = log or Progress(self.dist.main, 1, cfg.log_interval).line
         self.reg = reg or get_registry()
@@ -510,7 +511,7 @@ class Trainer:
                 w.add_scalar("val/loss", v, 0)
         self.model.train()
         t_start, t_last, tps_hist = time.time(), time.time(), []
-        stop_reason = None
+        stop_reason, target = None, None
         try:
             while self.step < cfg.max_iters:
                 fault_point("step")  # a test may kill the process here (zoo.io.faults)
@@ -602,6 +603,14 @@ class Trainer:
                         if w and text is not None:
                             w.add_text("sample", "```\n" + text + "\n```", self.step)
                     self.model.train()
+                    if cfg.target_loss is not None and v <= cfg.target_loss:
+                        target = {"step": self.step, "val_loss": v, "wall_time_s": time.time() - self.t_created,
+                                  "train_time_s": self.elapsed}
+                        stop_reason = (f"target loss {cfg.target_loss:g} reached at step {self.step} (val loss "
+                                       f"{v:.4f}): {target['wall_time_s']:.1f} s of wall time since the trainer "
+                                       f"started, data, build and evaluations included ({hms(self.elapsed)} of training steps)")
+                        self.save()
+                        break
                     if cfg.early_stop and self.evals_since_best >= cfg.early_stop:
                         stop_reason = f"early stop: no improvement in {cfg.early_stop} evaluations"
                         self.save()
@@ -620,7 +629,7 @@ class Trainer:
         result = {"model": self.name, "run_dir": str(self.run_dir), "params": self.n_params, "steps": self.step,
                   "best_val_loss": self.best_val, "final_val_loss": val_history[-1][1] if val_history else None,
                   "tokens_per_sec": sum(warm) / len(warm) if warm else None, "wall_time_s": time.time() - t_start,
-                  "history": history, "val_history": val_history}
+                  "history": history, "val_history": val_history, "target": target}
         progress.line(f"done: {self.name} best val loss {self.best_val:.4f} in {self.step} steps; "
                       f"checkpoint {self.run_dir / 'ckpt.pt'}")
         return result
