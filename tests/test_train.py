@@ -328,3 +328,19 @@ def test_target_loss_must_be_a_positive_loss(tmp_path, corpus, bad, capsys):
     assert main(["train", "gpt2", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path),
                  "--target-loss", bad]) == 2
     assert "--target-loss must be a positive number" in capsys.readouterr().err
+
+
+def test_evaluation_in_larger_chunks_gives_the_same_loss(tmp_path, corpus, monkeypatch):
+    # the fixed validation batches are concatenated into fewer forwards: the same windows, the same mean
+    import zoo.train.trainer as T
+    t = trainer_for("gpt2", TrainConfig(**dict(SMALL, eval_iters=6), data=str(corpus), out=str(tmp_path)))
+    try:
+        chunked = t.evaluate()
+        assert len(t._chunks) < 6 and sum(x.shape[0] for x, _ in t._chunks) == 6 * SMALL["batch_size"]
+        monkeypatch.setattr(T, "EVAL_TOKENS", 1)
+        t._chunks = None
+        single = t.evaluate()
+        assert len(t._chunks) == 6
+    finally:
+        t.close()
+    assert chunked == pytest.approx(single, abs=1e-5)

@@ -154,6 +154,10 @@ def data_tokenizer(cfg: TrainConfig):
 
 # ---- the trainer -------------------------------------------------------------------------------
 
+EVAL_TOKENS = 16384  # the most tokens of one evaluation forward (Trainer._val_chunks)
+EVAL_LOGIT_BYTES = 64 * 2 ** 20  # and the most bytes of its fp32 logits
+
+
 class Trainer:
     """Trains the model of a resolved spec on ``cfg``'s data with a tokenizer object; names are not
     looked up here (see :func:`zoo.train.start.trainer_for`, which resolves a model name once).
@@ -423,7 +427,7 @@ class Trainer:
             B, r, kw = self.cfg.batch_size, self.dist.rank, {"state": self.model.new_state()}
             batches = [(x[r * B:(r + 1) * B], y[r * B:(r + 1) * B]) for x, y in self.val_batches]
         else:
-            batches, kw = self.val_batches[self.dist.rank::self.dist.world], {}
+            batches, kw = self._val_chunks(), {}
         with torch.no_grad():
             for x, y in batches:
                 x, y = x.to(self.dist.device), y.to(self.dist.device)
@@ -434,6 +438,35 @@ class Trainer:
         self.dist.all_sum(total)
         self.model.train()
         return (total[0] / total[1]).item()
+
+    def _val_chunks(self):
+        """This rank's fixed validation batches, concatenated into chunks of up to EVAL_TOKENS tokens
+        whose logits stay under EVAL_LOGIT_BYTES: the same windows and, every window weighing the same,
+        the same mean loss, in fewer and larger forwards (a small model on a CPU evaluates several
+        times faster). A model with a large vocabulary keeps one batch per forward."""
+        import torch
+        if getattr(self, "_chunks", None) is None:
+            mine = self.val_batches[self.dist.rank::self.dist.world]
+            per = max(x.numel() for x, _ in mine) if mine else 1
+            n = max(1, min(EVAL_TOKENS // per, EVAL_LOGIT_BYTES // (4 * per * self.spec["vocab_size"])))
+            if not self._batch_independent():  # a component whose output depends on the batch keeps its batches
+                n = 1
+            self._chunks = [(torch.cat([x for x, _ in mine[i:i + n]]), torch.cat([y for _, y in mine[i:i + n]]))
+                            for i in range(0, len(mine), n)]
+        return self._chunks
+
+    def _batch_independent(self) -> bool:
+        """Whether every component of the model declares a sequence's output independent of the rest
+        of its batch (the tag ``batch_independent``, default True; the kit checks it)."""
+        from ..spec.resolve import layer_components
+        refs = [layer_components(self.spec, i)[k] for i in range(self.spec["n_layers"]) for k in ("attention", "ffn")]
+        refs += [(self.spec.get(k) or {}) for k in ("posenc", "head")]
+        for kind, ref in zip(["attention", "ffn"] * self.spec["n_layers"] + ["posenc", "head"], refs):
+            name = ref.get("name") if isinstance(ref, dict) else None
+            if name and name != "none" and name in self.reg.components.get(kind, {}):
+                if not self.reg.get(kind, name).tags.get("batch_independent", True):
+                    return False
+        return True
 
     def _autocast(self):
         import contextlib
